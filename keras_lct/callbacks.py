@@ -1,0 +1,183 @@
+"""Callbacks: the N curriculum, the adaptive robustness scale c, sample grids.
+
+`ExpCurriculum` and `AdaptiveC` do not write N or c at every batch (under JAX a
+callback's mid-epoch writes are lost, see `KERAS_NOTES.md`): they set the
+*schedule* in the model's state once, at the start of `fit`, and the compiled
+training step derives N and c from the model's own step counter. N and c are
+therefore right after `steps_per_execution`, after `BackupAndRestore` resumes
+mid-run, and after a `.keras` model is saved and loaded.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_lct import schedules
+
+
+def _require_consistency_model(callback):
+    from keras_lct.models.consistency import ConsistencyModel
+
+    model = callback.model
+    if not isinstance(model, ConsistencyModel):
+        raise ValueError(
+            f"{type(callback).__name__} works with a keras_lct ConsistencyModel; "
+            f"it was given a {type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{type(callback).__name__}: build the model before `fit` "
+            "(`model.build((None, *data_shape))`)."
+        )
+    return model
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class ExpCurriculum(keras.callbacks.Callback):
+    """iCT's exponential curriculum for the number of discretization steps N.
+
+    N(k) = min(s0 * 2^floor(k / K'), s1) + 1 with K' = floor(K / (log2(floor(s1 /
+    s0)) + 1)), k the model's training step and K = `total_steps`.
+
+    Args:
+        total_steps: K, the planned total number of training steps of the run
+            (over all `fit` calls, resumed ones included).
+        s0: initial number of intervals (10).
+        s1: final number of intervals (640).
+
+    Example:
+    ```python
+    steps = epochs * math.ceil(len(x) / batch_size)
+    model.fit(x, batch_size=batch_size, epochs=epochs,
+              callbacks=[ExpCurriculum(steps), AdaptiveC()])
+    ```
+
+    Reference: paper section 4.5, eq. 10.
+    """
+
+    def __init__(self, total_steps, s0=schedules.CURRICULUM_S0, s1=schedules.CURRICULUM_S1):
+        super().__init__()
+        schedules.curriculum_stage_length(total_steps, s0, s1)  # validates
+        self.total_steps = total_steps
+        self.s0 = s0
+        self.s1 = s1
+
+    def on_train_begin(self, logs=None):
+        _require_consistency_model(self).set_curriculum(self.total_steps, self.s0, self.s1)
+
+    def get_config(self):
+        return {"total_steps": self.total_steps, "s0": self.s0, "s1": self.s1}
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class AdaptiveC(keras.callbacks.Callback):
+    """The adaptive robustness scale c of the robust loss.
+
+    c = c0 while N <= s0 + 1 (the curriculum's first stage), then
+    c = exp(slope * ln(N - 1) + intercept), following N as it doubles.
+
+    Args:
+        c0: the initial scale; None for iCT's 0.00054 sqrt(d).
+        constants: `"paper"` (eq. 11: -1.18, -0.72), `"authors_code"`
+            (-1.15, -0.85) or a (slope, intercept) pair.
+
+    Example:
+    ```python
+    model.fit(x, callbacks=[ExpCurriculum(steps), AdaptiveC("authors_code")])
+    ```
+
+    Reference: paper section 4.5, eq. 11 and fig. 4.
+    """
+
+    def __init__(self, constants="paper", c0=None):
+        super().__init__()
+        schedules.adaptive_c(2, constants)  # validates
+        if c0 is not None:
+            schedules.robustness_c(2, c0)  # validates
+        self.constants = constants
+        self.c0 = c0
+
+    def on_train_begin(self, logs=None):
+        _require_consistency_model(self).set_robustness_schedule(self.c0, self.constants)
+
+    def get_config(self):
+        return {"constants": self.constants, "c0": self.c0}
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """Writes a PNG grid of 1-step samples every `every_epochs` epochs.
+
+    Args:
+        directory: where `samples_epoch_XXXX.png` files go (created).
+        every_epochs: interval between grids (>= 1).
+        num_samples: grid size; a square number looks best.
+        seed: the sampling seed, the same every time so grids are comparable.
+        steps: network evaluations per sample (1 or 2).
+        decode: optional function from a batch of samples (NumPy) to images
+            `(n, H, W, 1 or 3)` in [-1, 1], e.g. a VAE decoder for latents.
+            Without it the samples themselves are shown: 1 or 3 channels as
+            they are, others by their first 3 channels, each in [-1, 1].
+
+    Example:
+    ```python
+    model.fit(x, callbacks=[SampleGrid("runs/samples", every_epochs=5)])
+    ```
+    """
+
+    def __init__(self, directory, every_epochs=1, num_samples=64, seed=0, steps=1, decode=None):
+        super().__init__()
+        if not isinstance(every_epochs, int) or every_epochs < 1:
+            raise ValueError(f"`every_epochs` must be an integer >= 1; received {every_epochs!r}.")
+        self.directory = directory
+        self.every_epochs = every_epochs
+        self.num_samples = num_samples
+        self.seed = seed
+        self.steps = steps
+        self.decode = decode
+        self.written = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_epochs:
+            return
+        samples = self.model.sample(self.num_samples, steps=self.steps, seed=self.seed)
+        images = self.decode(samples) if self.decode is not None else samples
+        path = os.path.join(self.directory, f"samples_epoch_{epoch + 1:04d}.png")
+        save_image_grid(images, path)
+        self.written.append(path)
+
+
+def save_image_grid(images, path, columns=None):
+    """Saves a batch of images in [-1, 1], `(n, H, W, C)`, as one PNG grid.
+
+    Args:
+        images: NumPy array `(n, H, W, C)`; C = 1 or 3 shown as they are,
+            other C by their first 3 channels (or the first one).
+        path: the PNG file to write (its folder is created).
+        columns: images per row; default the ceiling of sqrt(n).
+
+    Returns:
+        the uint8 grid `(rows * H, columns * W, 3)` that was written.
+    """
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - pillow is in every extra
+        raise ImportError("Writing PNG grids needs pillow: pip install 'keras-lct[data]'.") from error
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"Expected images of shape (n, H, W, C); received shape {images.shape}.")
+    if images.shape[-1] not in (1, 3):
+        images = images[..., :3] if images.shape[-1] > 3 else images[..., :1]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    pixels = np.clip(np.round((np.nan_to_num(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    count, height, width, _ = pixels.shape
+    columns = columns or int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    grid = np.zeros((rows * height, columns * width, 3), np.uint8)
+    for index, image in enumerate(pixels):
+        row, column = divmod(index, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return grid

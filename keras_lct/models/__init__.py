@@ -1,0 +1,3 @@
+"""Models: the ADM UNet denoiser and the ConsistencyModel that trains it."""
+
+from keras_lct.models.consistency import ConsistencyModel
