@@ -1,3 +1,4 @@
 """Models: the ADM UNet denoiser and the ConsistencyModel that trains it."""
 
 from keras_lct.models.consistency import ConsistencyModel
+from keras_lct.models.mlp import MLPDenoiser

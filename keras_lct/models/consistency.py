@@ -270,17 +270,9 @@ class ConsistencyModel(keras.Model):
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         clean = ops.cast(x, "float32")
-        batch_size = ops.shape(clean)[0]
         step = ops.convert_to_tensor(self.training_step)
-        self._reset_seed(step)
-        noise = keras.random.normal(ops.shape(clean), seed=self.seed_generator) if y is None else ops.cast(y, "float32")
         num_scales, robustness_c = self._schedule(step)
-
-        probabilities = schedules.lognormal_index_probabilities(
-            num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
-        )
-        uniform = keras.random.uniform((batch_size,), seed=self.seed_generator)
-        index = schedules.sample_from_probabilities(probabilities, uniform)
+        noise, index = self._training_draws(clean, y, step, num_scales)
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
@@ -312,6 +304,20 @@ class ConsistencyModel(keras.Model):
             self.training_step.assign(step + 1)
         return total
 
+    def _training_draws(self, clean, noise, step, num_scales):
+        """The noise z (unless given) and grid indices i of training step `step`."""
+        # Draws depend on (seed, step) only, so a resumed run draws the same.
+        self.seed_generator.state.assign(
+            ops.cast(ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * 4]), self.seed_generator.state.dtype)
+        )
+        if noise is None:
+            noise = keras.random.normal(ops.shape(clean), seed=self.seed_generator)
+        probabilities = schedules.lognormal_index_probabilities(
+            num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
+        )
+        uniform = keras.random.uniform((ops.shape(clean)[0],), seed=self.seed_generator)
+        return ops.cast(noise, "float32"), schedules.sample_from_probabilities(probabilities, uniform)
+
     def _sigma(self, index, num_scales):
         return schedules.karras_sigma(index, num_scales, self.sigma_min, self.sigma_max, self.rho)
 
@@ -328,12 +334,6 @@ class ConsistencyModel(keras.Model):
         )
         robustness_c = ops.where(self.adaptive_c_enabled.value > 0, adaptive, c0)
         return num_scales, robustness_c
-
-    def _reset_seed(self, step):
-        # Noise depends on (seed, step) only, so a resumed run draws the same.
-        self.seed_generator.state.assign(
-            ops.cast(ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * 4]), self.seed_generator.state.dtype)
-        )
 
     def _update_ema(self):
         # At the start of step k the EMA folds in the weights step k starts from.

@@ -1,0 +1,73 @@
+"""A small MLP denoiser for vector data (toy distributions, tests, demos)."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class MLPDenoiser(keras.Model):
+    """A residual MLP F(x, c_noise) for data shaped (batch, dim).
+
+    The noise label c_noise = 250 ln(sigma) is scaled to ln(sigma), mapped by
+    a SiLU MLP to an embedding and added to every hidden layer.
+
+    Args:
+        data_dim: the number of features of one sample.
+        width: hidden width.
+        depth: number of hidden residual layers.
+        **kwargs: passed to `keras.Model`.
+
+    Call arguments:
+        inputs: `[x, noise_labels]`, x of shape (batch, data_dim) and
+            noise_labels of shape (batch,).
+        training: unused; kept for a uniform network signature.
+
+    Example:
+    ```python
+    model = ConsistencyModel(MLPDenoiser(2))
+    ```
+
+    Reference: the denoiser F of paper eq. 2, for vector data.
+    """
+
+    def __init__(self, data_dim, width=128, depth=3, **kwargs):
+        super().__init__(**kwargs)
+        self.data_dim = data_dim
+        self.width = width
+        self.depth = depth
+        self.input_projection = keras.layers.Dense(width, name="input_projection")
+        self.embedding_layers = [
+            keras.layers.Dense(width, activation="silu", name="embedding_0"),
+            keras.layers.Dense(width, name="embedding_1"),
+        ]
+        self.hidden_layers = [keras.layers.Dense(width, name=f"hidden_{index}") for index in range(depth)]
+        self.output_projection = keras.layers.Dense(data_dim, kernel_initializer="zeros", name="output_projection")
+
+    def build(self, input_shape):
+        x_shape, _ = input_shape
+        if x_shape[-1] != self.data_dim:
+            raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) received samples of shape {tuple(x_shape[1:])}.")
+        self.input_projection.build(x_shape)
+        self.embedding_layers[0].build((None, 1))
+        self.embedding_layers[1].build((None, self.width))
+        for layer in self.hidden_layers:
+            layer.build((None, self.width))
+        self.output_projection.build((None, self.width))
+
+    def call(self, inputs, training=None):
+        x, noise_labels = inputs
+        embedding = ops.reshape(noise_labels / 250.0, (-1, 1))
+        for layer in self.embedding_layers:
+            embedding = layer(embedding)
+        hidden = self.input_projection(x)
+        for layer in self.hidden_layers:
+            hidden = hidden + layer(ops.silu(hidden + embedding))
+        return self.output_projection(ops.silu(hidden))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"data_dim": self.data_dim, "width": self.width, "depth": self.depth})
+        return config

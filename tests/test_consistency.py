@@ -1,0 +1,383 @@
+"""ConsistencyModel: the objective, fit on a known distribution, state, saving, sampling."""
+
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lct import callbacks
+from keras_lct import schedules
+from keras_lct.models import ConsistencyModel
+from keras_lct.models import MLPDenoiser
+
+MODES = np.array([[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]], "float32")
+
+
+def mixture(count, seed=0):
+    """Four tight Gaussian modes at (+-0.5, +-0.5): a distribution with a known answer."""
+    rng = np.random.default_rng(seed)
+    return (MODES[rng.integers(0, len(MODES), count)] + 0.03 * rng.standard_normal((count, 2))).astype("float32")
+
+
+def distance_to_modes(samples):
+    return float(np.mean(np.min(np.linalg.norm(samples[:, None, :] - MODES[None], axis=-1), axis=1)))
+
+
+def toy_model(**kwargs):
+    kwargs.setdefault("ema_decays", (0.99,))
+    model = ConsistencyModel(MLPDenoiser(2, width=64), **kwargs)
+    model.build((None, 2))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+class LogRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches.append({key: float(value) for key, value in logs.items()})
+
+
+def test_fit_learns_a_known_distribution():
+    model = toy_model()
+    untrained = distance_to_modes(model.sample(512, seed=0, ema=False))
+    steps = 800
+    model.fit(
+        mixture(4096),
+        batch_size=128,
+        epochs=steps // 32,
+        verbose=0,
+        callbacks=[callbacks.ExpCurriculum(steps), callbacks.AdaptiveC()],
+    )
+    one_step = distance_to_modes(model.sample(512, seed=0))
+    two_step = distance_to_modes(model.sample(512, steps=2, seed=0))
+    assert untrained > 0.55, untrained
+    assert one_step < 0.3, (untrained, one_step)
+    assert two_step < 0.3, (untrained, two_step)
+
+
+def numpy_objective(model, clean, noise, index, num_scales, c, distance):
+    """The objective of REFERENCE.md computed in numpy from raw network outputs."""
+    sigmas = schedules_numpy_grid(num_scales)
+    t, next_t = sigmas[index], sigmas[index + 1]
+
+    def f(x, sigma):
+        sd, smin = 0.5, 0.002
+        c_skip = sd**2 / ((sigma - smin) ** 2 + sd**2)
+        c_out = (sigma - smin) * sd / np.sqrt(sigma**2 + sd**2)
+        c_in = 1 / np.sqrt(sigma**2 + sd**2)
+        network_output = ops.convert_to_numpy(model.network([(c_in[:, None] * x).astype("float32"), (250 * np.log(sigma)).astype("float32")]))
+        return c_skip[:, None] * x + c_out[:, None] * network_output
+
+    student = f(clean + t[:, None] * noise, t)
+    target = f(clean + next_t[:, None] * noise, next_t)
+    m = np.mean((student - target) ** 2, axis=1)
+    per_sample = {"cauchy": np.log1p(m / (2 * c**2)), "pseudo_huber": np.sqrt(m + c**2) - c, "l2": m}[distance]
+    consistency = np.mean(per_sample / (t - next_t))
+    low_noise = index >= math.floor(0.75 * num_scales)
+    diffusion_terms = np.mean((student - clean) ** 2, axis=1) * (1 / t**2 + 1 / 0.25)
+    diffusion = diffusion_terms[low_noise].mean() if low_noise.any() else 0.0
+    return consistency, diffusion, consistency + 5 * diffusion
+
+
+def schedules_numpy_grid(n):
+    i = np.arange(n)
+    return (80 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+
+
+@pytest.mark.parametrize("distance", ["cauchy", "pseudo_huber", "l2"])
+def test_objective_matches_an_independent_computation(distance):
+    model = toy_model(loss=distance, num_scales=21)
+    clean = mixture(64, seed=3)
+    noise = np.random.default_rng(4).standard_normal(clean.shape).astype("float32")
+    step = ops.convert_to_tensor(0, "int32")
+    _, index = model._training_draws(ops.convert_to_tensor(clean), noise, step, ops.convert_to_tensor(21, "int32"))
+    index = ops.convert_to_numpy(index)
+    assert index.min() >= 0 and index.max() <= 19
+    c = schedules.ict_c0(2)
+    consistency, diffusion, total = numpy_objective(model, clean, noise, index, 21, c, distance)
+    value = float(model.compute_loss(x=clean, y=noise, training=False))
+    assert value == pytest.approx(total, rel=2e-4)
+    assert float(model.consistency_loss_tracker.result()) == pytest.approx(consistency, rel=2e-4)
+    assert float(model.diffusion_loss_tracker.result()) == pytest.approx(diffusion, rel=2e-4)
+
+
+def test_diffusion_loss_is_zero_not_nan_when_no_sample_is_in_the_subset():
+    model = toy_model(diffusion_fraction=0.0)
+    value = float(model.compute_loss(x=mixture(16), training=False))
+    assert np.isfinite(value)
+    assert float(model.diffusion_loss_tracker.result()) == 0.0
+    everything = toy_model(diffusion_fraction=1.0)
+    everything.compute_loss(x=mixture(16), training=False)
+    assert float(everything.diffusion_loss_tracker.result()) > 0.0
+
+
+def test_noise_differs_between_steps_and_samples_and_repeats_for_a_step():
+    model = toy_model()
+    clean = ops.convert_to_tensor(mixture(32))
+    n = ops.convert_to_tensor(641, "int32")
+    draws = [model._training_draws(clean, None, ops.convert_to_tensor(step, "int32"), n) for step in (0, 1, 0)]
+    noise = [ops.convert_to_numpy(noise) for noise, _ in draws]
+    index = [ops.convert_to_numpy(index) for _, index in draws]
+    assert not np.allclose(noise[0], noise[1])
+    np.testing.assert_array_equal(noise[0], noise[2])
+    np.testing.assert_array_equal(index[0], index[2])
+    assert len(np.unique(noise[0][:, 0])) == 32
+    assert len(np.unique(index[0])) > 5 and not np.array_equal(index[0], index[1])
+    assert abs(noise[0].mean()) < 0.3 and 0.7 < noise[0].std() < 1.3
+
+
+ADAPTIVE_CONSTANTS = {"paper": (-1.18, -0.72), "authors_code": (-1.15, -0.85)}
+
+
+def expected_schedule(step, total_steps, constants="paper"):
+    """N of eq. 10 and c (c0, then eq. 11 once N > 11), for 2-d data."""
+    n = min(10 * 2 ** (step // math.floor(total_steps / 7)), 640) + 1
+    slope, intercept = ADAPTIVE_CONSTANTS[constants]
+    return n, 0.00054 * math.sqrt(2) if n <= 11 else math.exp(slope * math.log(n - 1) + intercept)
+
+
+def fit_and_record(model, steps, total_steps, constants="paper", **fit_kwargs):
+    recorder = LogRecorder()
+    model.fit(
+        mixture(16 * steps, seed=len(recorder.batches)),
+        batch_size=16,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callbacks.ExpCurriculum(total_steps), callbacks.AdaptiveC(constants), recorder],
+        **fit_kwargs,
+    )
+    return recorder.batches
+
+
+def assert_logs_follow_schedule(batches, first_step, total_steps, constants="paper"):
+    for offset, logs in enumerate(batches):
+        n, c = expected_schedule(first_step + offset, total_steps, constants)
+        assert logs["num_scales"] == n, (first_step + offset, logs)
+        assert logs["c"] == pytest.approx(c, rel=1e-5), (first_step + offset, logs)
+
+
+def test_num_scales_and_c_inside_the_step_follow_the_schedule(tmp_path):
+    total_steps = 70  # K' = 10: N doubles every 10 steps
+    model = toy_model()
+    assert_logs_follow_schedule(fit_and_record(model, 25, total_steps), 0, total_steps)
+    assert int(model.training_step) == 25
+    assert int(model.num_scales) == 41
+    # A second fit continues the schedule from the model's own step.
+    assert_logs_follow_schedule(fit_and_record(model, 10, total_steps, "authors_code"), 25, total_steps, "authors_code")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert int(restored.training_step) == 35
+    assert float(restored.robustness_c) == pytest.approx(float(model.robustness_c))
+    assert_logs_follow_schedule(fit_and_record(restored, 12, total_steps, "authors_code"), 35, total_steps, "authors_code")
+
+
+def test_steps_per_execution_keeps_the_schedule():
+    if keras.backend.backend() == "torch":
+        pytest.skip("Keras' torch trainer accepts only steps_per_execution=1.")
+    model = ConsistencyModel(MLPDenoiser(2, width=16), ema_decays=())
+    model.build((None, 2))
+    model.compile(optimizer="adam", steps_per_execution=4)
+    fit_and_record(model, 24, 70)
+    assert int(model.training_step) == 24
+    assert int(model.num_scales) == expected_schedule(23, 70)[0]
+
+
+def test_ema_tracks_the_online_weights_and_keeps_them_apart():
+    model = toy_model(ema_decays=(0.5, 0.9))
+    initial = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    fit_and_record(model, 6, 70)
+    online = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    fast, slow = ([ops.convert_to_numpy(v) for v in averages] for averages in model.ema_weights)
+    change = lambda weights: sum(np.abs(w - i).sum() for w, i in zip(weights, initial))
+    assert 0 < change(slow) < change(fast) < change(online)
+    with model.ema_weights_in_network(0.9):
+        inside = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
+    for a, b in zip(inside, slow):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(model.network.trainable_variables, online):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), b)
+
+
+def test_sampling_steps_ts_and_determinism():
+    model = toy_model()
+    one = model.sample(8, seed=1)
+    assert one.shape == (8, 2) and one.dtype == np.float32
+    np.testing.assert_array_equal(one, model.sample(8, seed=1, batch_size=3))
+    assert not np.allclose(one, model.sample(8, seed=2))
+    two = model.sample(8, steps=2, seed=1)
+    three = model.sample(8, ts=[80.0, 1.0, 0.1], seed=1)
+    assert not np.allclose(one, two) and not np.allclose(two, three)
+    # 1 step is f(sigma_max z, sigma_max) with z from NumPy's generator.
+    z = np.random.default_rng(1).standard_normal((8, 2), dtype=np.float32)
+    with model.ema_weights_in_network():
+        expected = ops.convert_to_numpy(model.denoise(80.0 * z, 80.0))
+    np.testing.assert_allclose(one, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_boundary_condition_f_is_identity_at_sigma_min():
+    model = toy_model()
+    x = mixture(8)
+    np.testing.assert_allclose(ops.convert_to_numpy(model([x, np.full((8,), 0.002, "float32")])), x, atol=1e-6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(model(x)), x)
+
+
+SAVE_ON_JAX = r"""
+import os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+sys.path.insert(0, {tests!r})
+import numpy as np
+import keras
+from test_consistency import toy_model, fit_and_record
+model = toy_model()
+fit_and_record(model, 20, 70)
+model.save({path!r})
+np.save({samples!r}, np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5)]))
+"""
+
+
+def run_python(code, env_backend=None, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if env_backend:
+        env["KERAS_BACKEND"] = env_backend
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def test_keras_file_saved_on_jax_gives_the_same_samples_here(tmp_path):
+    path, samples = str(tmp_path / "jax.keras"), str(tmp_path / "samples.npy")
+    result = run_python(SAVE_ON_JAX.format(tests=os.path.dirname(__file__), path=path, samples=samples), "jax")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = keras.models.load_model(path)
+    assert int(model.training_step) == 20
+    here = np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5)])
+    np.testing.assert_allclose(here, np.load(samples), rtol=1e-4, atol=1e-5)
+
+
+RESUMABLE_RUN = r"""
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import keras
+from keras import ops
+from keras_lct import callbacks
+from test_consistency import toy_model, mixture
+
+KILL_AT = {kill_at}
+
+def state(model):
+    return dict(
+        step=int(model.training_step), iterations=int(model.optimizer.iterations),
+        num_scales=int(model.num_scales), c=float(model.robustness_c),
+        ema=float(sum(np.abs(ops.convert_to_numpy(v)).sum() for v in model.ema_weights[0])),
+        optimizer=float(sum(np.abs(ops.convert_to_numpy(v)).sum() for v in model.optimizer.variables)),
+    )
+
+class Probe(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        with open({begin!r}, "w") as f:
+            json.dump(state(self.model), f)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.training_step)
+        if step == KILL_AT:
+            with open({killed!r}, "w") as f:
+                json.dump(state(self.model), f)
+            os._exit(17)  # the machine dies mid-epoch, right after a backup
+
+model = toy_model()
+model.fit(mixture(16 * 10), batch_size=16, epochs=4, shuffle=False, verbose=0, callbacks=[
+    callbacks.ExpCurriculum(40), callbacks.AdaptiveC(),
+    keras.callbacks.BackupAndRestore({backup!r}, save_freq=5, delete_checkpoint=False),
+    Probe(),
+])
+with open({end!r}, "w") as f:
+    json.dump(state(model), f)
+"""
+
+
+def test_backup_and_restore_resumes_a_killed_run(tmp_path):
+    import json
+
+    files = {name: str(tmp_path / f"{name}.json") for name in ("begin", "killed", "end")}
+    code = RESUMABLE_RUN.format(tests=os.path.dirname(__file__), backup=str(tmp_path / "backup"), **files, kill_at="{kill_at}")
+    killed = run_python(code.format(kill_at=15))  # epoch 2 of 4, batch 5 of 10
+    assert killed.returncode == 17, killed.stderr[-3000:]
+    at_kill = json.load(open(files["killed"]))
+    resumed = run_python(code.format(kill_at=-1))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    at_resume = json.load(open(files["begin"]))
+    for key in ("step", "iterations", "num_scales", "c"):
+        assert at_resume[key] == at_kill[key], (key, at_resume, at_kill)
+    for key in ("ema", "optimizer"):
+        assert at_resume[key] == pytest.approx(at_kill[key], rel=1e-6), key
+    at_end = json.load(open(files["end"]))
+    # BackupAndRestore reruns the interrupted epoch 2 from its start, then 3 and 4.
+    assert at_end["step"] == at_end["iterations"] == 15 + 3 * 10
+    assert at_end["num_scales"] == 641
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: ConsistencyModel(MLPDenoiser(2), loss="huber"), "loss"),
+        (lambda: ConsistencyModel(MLPDenoiser(2), diffusion_fraction=1.5), "diffusion_fraction"),
+        (lambda: ConsistencyModel(MLPDenoiser(2), ema_decays=(1.2,)), "ema_decays"),
+        (lambda: ConsistencyModel(MLPDenoiser(2), num_scales=1), "num_scales"),
+        (lambda: ConsistencyModel(MLPDenoiser(2), c=-1.0), "`c`"),
+        (lambda: ConsistencyModel("no-such-network").build((None, 8, 8, 4)), "no-such-network"),
+        (lambda: ConsistencyModel(MLPDenoiser(2)).build((None, 3)), r"cannot take data of shape \(3,\)"),
+        (lambda: ConsistencyModel(MLPDenoiser(2)).build((None,)), "rank >= 2"),
+        (lambda: ConsistencyModel(MLPDenoiser(2)).sample(2), "Build the model"),
+        (lambda: toy_model().sample(2, ts=[1.0, 2.0]), "strictly decreasing"),
+        (lambda: toy_model().sample(2, ts=[100.0]), r"\[sigma_min, sigma_max\]"),
+        (lambda: toy_model().sample(2, steps=3), "`steps`"),
+        (lambda: toy_model().sample(2, ema=0.5), "No EMA with decay 0.5"),
+        (lambda: callbacks.AdaptiveC("unknown"), "constants"),
+        (lambda: callbacks.ExpCurriculum(0), "total_steps"),
+    ],
+)
+def test_bad_configuration_raises_value_error(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
+
+
+def test_nan_data_is_refused_before_training_starts():
+    model = toy_model()
+    data = mixture(64)
+    data[37, 1] = np.nan
+    with pytest.raises(ValueError, match="sample 37"):
+        model.fit(data, batch_size=16, epochs=1, verbose=0)
+    assert int(model.training_step) == 0
+
+
+def test_callbacks_refuse_other_models():
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+    plain.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="ConsistencyModel"):
+        plain.fit(mixture(8), mixture(8), verbose=0, callbacks=[callbacks.ExpCurriculum(10)])
+
+
+def test_sample_grid_writes_pngs(tmp_path):
+    model = ConsistencyModel(MLPDenoiser(12, width=16), ema_decays=())
+    model.build((None, 12))
+    model.compile(optimizer="adam")
+
+    def as_images(samples):
+        return samples.reshape(-1, 2, 2, 3)
+
+    grid = callbacks.SampleGrid(str(tmp_path), every_epochs=2, num_samples=9, decode=as_images)
+    model.fit(np.zeros((32, 12), "float32"), batch_size=16, epochs=4, verbose=0, callbacks=[grid])
+    assert [os.path.basename(path) for path in grid.written] == ["samples_epoch_0002.png", "samples_epoch_0004.png"]
+    from PIL import Image
+
+    assert Image.open(grid.written[0]).size == (6, 6)
