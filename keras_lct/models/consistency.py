@@ -500,6 +500,18 @@ class ConsistencyModel(keras.Model):
         return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization
+    def compile(self, optimizer="rmsprop", *args, jit_compile="auto", **kwargs):
+        super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
+        self._requested_jit_compile = jit_compile
+
+    def get_compile_config(self):
+        # Store "auto", not what it resolved to here: a model saved under JAX
+        # (XLA on) would otherwise load on torch with torch.compile on.
+        config = super().get_compile_config()
+        if config is not None and getattr(self, "_requested_jit_compile", None) == "auto":
+            config = dict(config, jit_compile="auto")
+        return config
+
     def get_config(self):
         config = super().get_config()
         network = self.network if isinstance(self.network, str) else keras.layers.serialize(self.network)
