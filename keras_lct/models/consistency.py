@@ -500,15 +500,12 @@ class ConsistencyModel(keras.Model):
         return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization
-    def compile(self, optimizer="rmsprop", *args, jit_compile="auto", **kwargs):
-        super().compile(optimizer, *args, jit_compile=jit_compile, **kwargs)
-        self._requested_jit_compile = jit_compile
-
     def get_compile_config(self):
-        # Store "auto", not what it resolved to here: a model saved under JAX
-        # (XLA on) would otherwise load on torch with torch.compile on.
+        # A jit_compile equal to what "auto" gives on this backend is stored as
+        # "auto": a model saved under JAX (XLA on) would otherwise load on torch
+        # with torch.compile on.
         config = super().get_compile_config()
-        if config is not None and getattr(self, "_requested_jit_compile", None) == "auto":
+        if config and config.get("jit_compile") == self._resolve_auto_jit_compile():
             config = dict(config, jit_compile="auto")
         return config
 
