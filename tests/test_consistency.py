@@ -383,3 +383,14 @@ def test_sample_grid_writes_pngs(tmp_path):
     from PIL import Image
 
     assert Image.open(grid.written[0]).size == (6, 6)
+
+
+def test_trains_under_mixed_bfloat16():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = toy_model()
+    assert model.network.compute_dtype == "bfloat16"
+    history = model.fit(mixture(64), batch_size=16, epochs=2, verbose=0, callbacks=[callbacks.ExpCurriculum(8), callbacks.AdaptiveC()])
+    assert all(np.isfinite(history.history["loss"]))
+    assert all(v.dtype == "float32" for v in model.ema_weights[0])
+    samples = model.sample(8, seed=0)
+    assert samples.dtype == np.float32 and np.all(np.isfinite(samples))
