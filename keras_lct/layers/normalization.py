@@ -1,0 +1,121 @@
+"""Non-scaling LayerNorm and a factory for the normalizations of table 2d."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class NonScalingLayerNormalization(keras.layers.Layer):
+    """Non-scaling LayerNorm (NsLN): LayerNorm over every feature axis, no scale.
+
+    `NsLN(x) = (x - mean(x)) / sqrt(var(x) + eps) + beta`, with the mean and
+    variance taken per sample over all non-batch axes (H, W, C for images)
+    and a trainable offset `beta` of the per-sample feature shape. There is no
+    scale at all (LayerNorm's gamma fixed to 1): a shared scale amplifies
+    impulsive outliers across all features, which NsLN avoids. Statistics are
+    computed in float32 whatever the compute dtype.
+
+    Args:
+        epsilon: added to the variance (1e-5).
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: a tensor `(batch, ...)` of rank >= 2.
+
+    Example:
+    >>> layer = NonScalingLayerNormalization()
+    >>> y = layer(np.random.normal(size=(2, 8, 8, 16)))
+
+    Reference: paper section 4.6, eq. 12 and table 2d.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) < 2 or any(dim is None for dim in input_shape[1:]):
+            raise ValueError(
+                "NonScalingLayerNormalization needs a known per-sample shape; received "
+                f"input shape {tuple(input_shape)}."
+            )
+        self.beta = self.add_weight(
+            shape=tuple(input_shape[1:]), initializer="zeros", name="beta", dtype=self.variable_dtype
+        )
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        axes = tuple(range(1, len(x.shape)))
+        mean, variance = ops.moments(x, axes=axes, keepdims=True)
+        normalized = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        return ops.cast(normalized + ops.cast(self.beta, "float32"), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"epsilon": self.epsilon})
+        return config
+
+
+NORMALIZATIONS = ("group", "instance", "layer", "rms", "nsln")
+_ALIASES = {"gn": "group", "in": "instance", "ln": "layer", "rmsnorm": "rms", "non_scaling_layer": "nsln"}
+
+
+def normalization_name(name):
+    """The canonical name of a normalization (`"GN"` -> `"group"`, ...).
+
+    Raises:
+        ValueError: for a name that is none of `NORMALIZATIONS` or their
+            abbreviations in the paper's table 2d.
+    """
+    canonical = _ALIASES.get(str(name).lower(), str(name).lower()) if isinstance(name, str) else None
+    if canonical not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization {name!r}. Accepted: {', '.join(NORMALIZATIONS)} "
+            "(case-insensitive; also the paper's GN, IN, LN, RMS, NsLN)."
+        )
+    return canonical
+
+
+def normalization(kind, channels, epsilon=1e-5, **kwargs):
+    """A normalization layer for channels_last feature maps, chosen by name.
+
+    | name | normalizes over | affine parameters |
+    |---|---|---|
+    | `"group"` | groups of min(32, C // 4) channels, and H, W | per channel (gamma, beta) |
+    | `"instance"` | each channel over H, W | per channel (gamma, beta) |
+    | `"layer"` | all of H, W, C | per element (gamma, beta) |
+    | `"rms"` | all of H, W, C (root mean square, no centering) | per element (gamma) |
+    | `"nsln"` | all of H, W, C | per element (beta only) |
+
+    Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
+    they are tied to the feature-map size they are built for, as in the
+    authors' network (torch `LayerNorm([C, H, W])`). All compute in float32.
+
+    Args:
+        kind: one of `NORMALIZATIONS` (case-insensitive) or GN/IN/LN/RMS/NsLN.
+        channels: C, the number of channels of the input.
+        epsilon: added to the variance (1e-5).
+        **kwargs: passed to the layer (e.g. `name`).
+
+    Returns:
+        a Keras layer.
+
+    Example:
+    >>> norm = normalization("NsLN", channels=64)   # paper table 2d, best row
+
+    Reference: paper section 4.6 and table 2d.
+    """
+    kind = normalization_name(kind)
+    if kind == "group":
+        return keras.layers.GroupNormalization(groups=min(32, max(channels // 4, 1)), epsilon=epsilon, **kwargs)
+    if kind == "instance":
+        return keras.layers.GroupNormalization(groups=channels, epsilon=epsilon, **kwargs)
+    if kind == "layer":
+        return keras.layers.LayerNormalization(axis=(-3, -2, -1), epsilon=epsilon, **kwargs)
+    if kind == "rms":
+        return keras.layers.RMSNormalization(axis=(-3, -2, -1), epsilon=epsilon, **kwargs)
+    return NonScalingLayerNormalization(epsilon=epsilon, **kwargs)
