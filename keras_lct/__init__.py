@@ -11,4 +11,5 @@ from keras_lct import coupling
 from keras_lct import layers
 from keras_lct import losses
 from keras_lct import models
+from keras_lct import optimizers
 from keras_lct import schedules

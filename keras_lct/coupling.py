@@ -1,24 +1,50 @@
 """Minibatch optimal-transport pairing of noise and data, in the input pipeline.
 
-Each batch of clean samples x0 gets a batch of Gaussian noise z, re-assigned by
-an exact OT plan so that sum_i ||x0_i - z_perm(i)||^2 is minimal: the noisy
-inputs x0 + t z of consistency training then follow straighter paths, which
-lowers the variance of training. The pairing runs in NumPy with POT, outside
-the compiled step; the model receives `(x0, z)` batches.
+Consistency training noises each clean sample x0 with Gaussian noise z. With
+minibatch OT, the noise of a batch is re-assigned to its samples by the exact
+optimal transport plan between the two point clouds, so that the total squared
+distance sum_i ||x0_i - z_perm(i)||^2 is minimal: noisy inputs x0 + t z then
+come from straighter, less crossing data-noise pairs, which lowers the
+variance of training (paper section 4.4, fig. 3).
 
-Reference: paper section 4.4 and fig. 3; `REFERENCE.md` "Minibatch OT".
+The pairing runs in NumPy with POT (`ot.emd`), outside the compiled training
+step: `NoisePairedDataset` turns clean samples into `(x0, z)` batches for
+`model.fit`, and `keras_lct.models.ConsistencyModel` uses the given z.
+
+Reference: paper section 4.4; `REFERENCE.md` "Minibatch OT".
 """
 
 import math
 import os
+import threading
+import warnings
 
 import keras
 import numpy as np
 
+from keras_lct._validation import check_int
+
+_POT_DISABLED_BACKENDS = ("PYTORCH", "JAX", "TENSORFLOW", "CUPY")
+
+# Independent random streams of one seed, told apart by the first spawn key.
+_NOISE_STREAM = 0
+_SHUFFLE_STREAM = 1
+
+# Samples per block when scanning a whole array for NaN/inf.
+_SCAN_ELEMENTS = 1 << 22
+
+_TF_INFINITE_CARDINALITY = -1
+_TF_UNKNOWN_CARDINALITY = -2
+
 
 def _import_pot():
-    """Imports POT with only its NumPy backend (0.8 s instead of 5 s)."""
-    for framework in ("PYTORCH", "JAX", "TENSORFLOW", "CUPY"):
+    """Imports POT with its NumPy backend only (~0.8 s instead of ~5 s).
+
+    POT otherwise imports torch, jax and tensorflow at import time to register
+    its array backends; the pairing only needs NumPy. Flags the user already
+    set are respected.
+    """
+    for framework in _POT_DISABLED_BACKENDS:
         os.environ.setdefault(f"POT_BACKEND_DISABLE_{framework}", "1")
     import ot
 
@@ -26,221 +52,530 @@ def _import_pot():
 
 
 def transport_cost(x0, noise):
-    """Squared Euclidean cost between flattened samples, divided by its max.
+    """The minibatch OT cost matrix: squared Euclidean distances over their max.
+
+    Samples are flattened, so any sample shape works. A matrix of zeros (all
+    samples equal) is returned as is.
+
+    Args:
+        x0: data batch of shape `(n, ...)`.
+        noise: noise batch of shape `(m, ...)` with the same sample size.
 
     Returns:
-        float64 matrix `(len(x0), len(noise))` in [0, 1].
+        A float64 NumPy array of shape `(n, m)` with values in [0, 1]:
+        `cost[i, j] = ||x0_i - noise_j||^2 / max_kl ||x0_k - noise_l||^2`.
+
+    Example:
+
+    >>> transport_cost(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]]))
+    array([[0.  , 1.  ],
+           [0.25, 0.25]])
+
+    Reference: paper section 4.4.
     """
-    x0 = np.asarray(x0, np.float64).reshape(len(x0), -1)
-    noise = np.asarray(noise, np.float64).reshape(len(noise), -1)
-    cost = (
-        np.sum(x0**2, axis=1)[:, None]
-        + np.sum(noise**2, axis=1)[None, :]
-        - 2.0 * x0 @ noise.T
-    )
-    cost = np.maximum(cost, 0.0)
-    largest = cost.max()
-    return cost / largest if largest > 0 else cost
+    x0 = np.asarray(x0)
+    noise = np.asarray(noise)
+    # The Gram matrix in the inputs' precision (float32 halves its time), the
+    # norms and their combination in float64.
+    gram_dtype = np.result_type(x0.dtype, noise.dtype, np.float32)
+    x0 = x0.reshape(len(x0), -1).astype(gram_dtype, copy=False)
+    noise = noise.reshape(len(noise), -1).astype(gram_dtype, copy=False)
+    x0_norms = np.einsum("ij,ij->i", x0, x0, dtype=np.float64)
+    noise_norms = np.einsum("ij,ij->i", noise, noise, dtype=np.float64)
+    cost = x0_norms[:, None] + noise_norms[None, :] - 2.0 * (x0 @ noise.T).astype(np.float64)
+    np.maximum(cost, 0.0, out=cost)
+    largest = cost.max(initial=0.0)
+    if largest > 0.0:
+        cost /= largest
+    return cost
 
 
 def ot_permutation(x0, noise):
-    """The exact OT assignment of noise samples to data samples.
+    """The exact minibatch OT assignment of noise samples to data samples.
 
-    Solves the EMD problem between uniform weights on the batch of data and
-    the batch of noise (`ot.emd`); for equal batch sizes its plan is a
-    permutation matrix scaled by 1/n.
+    Solves the earth mover's distance problem (`ot.emd`) between uniform
+    weights on the data batch and on the noise batch under `transport_cost`.
+    For two batches of equal size the optimal plan is a permutation matrix
+    (scaled by 1/n), read off by the argmax of each row.
 
     Args:
-        x0: data batch `(n, ...)`.
-        noise: noise batch, same shape.
+        x0: data batch of shape `(n, ...)`, real and finite.
+        noise: noise batch of the same shape.
 
     Returns:
-        int array `perm` of length n: `noise[perm[i]]` is paired with `x0[i]`.
+        An int64 array `perm` of length n, a permutation of `range(n)`:
+        `noise[perm[i]]` is paired with `x0[i]`, and
+        `sum_i ||x0[i] - noise[perm[i]]||^2` is the smallest over all
+        permutations.
+
+    Raises:
+        ValueError: if the batches differ in shape, have rank < 2 or hold
+            NaN/inf values.
 
     Example:
-    >>> perm = ot_permutation(x0, z)
-    >>> paired = z[perm]
+
+    ```python
+    x0 = np.random.normal(size=(128, 32, 32, 4)).astype("float32")
+    noise = np.random.normal(size=x0.shape).astype("float32")
+    paired_noise = noise[ot_permutation(x0, noise)]
+    ```
+
+    Reference: paper section 4.4.
     """
     x0, noise = _check_pair(x0, noise)
     count = len(x0)
     if count == 1:
         return np.zeros(1, dtype=np.int64)
+    cost = transport_cost(x0, noise)
+    if not np.isfinite(cost).all():
+        raise ValueError(
+            "The data or noise batch holds NaN or inf values (or values so large that their "
+            "squared distances overflow); OT pairing needs finite values."
+        )
     ot = _import_pot()
     weights = np.full(count, 1.0 / count)
-    plan = ot.emd(weights, weights, transport_cost(x0, noise))
-    perm = np.argmax(plan, axis=1)
-    if len(np.unique(perm)) != count:  # pragma: no cover - exact EMD plans are permutations
-        raise RuntimeError("The OT plan is not a permutation; cannot pair noise and data.")
-    return perm
-
-
-def pair_noise(x0, noise, ot=True):
-    """`noise` reordered by `ot_permutation` (or unchanged with `ot=False`)."""
-    if not ot:
-        _check_pair(x0, noise)
-        return noise
-    return np.asarray(noise)[ot_permutation(x0, noise)]
-
-
-def _check_pair(x0, noise):
-    x0, noise = np.asarray(x0), np.asarray(noise)
-    if x0.shape != noise.shape or x0.ndim < 2:
-        raise ValueError(
-            "Data and noise batches must have the same shape (batch, ...); received "
-            f"{x0.shape} and {noise.shape}."
+    max_iterations = max(100_000, 50 * count * count)
+    plan, log = ot.emd(weights, weights, cost, numItermax=max_iterations, log=True)
+    if log.get("warning"):
+        warnings.warn(
+            f"`ot.emd` did not finish on a batch of {count}: {log['warning']} The pairing may "
+            "not be optimal.",
+            stacklevel=2,
         )
-    return x0, noise
+    return _permutation_from_plan(plan)
+
+
+def pair_noise(x0, noise, ot=True, group_size=None):
+    """Reorders a noise batch so that each data sample gets its OT partner.
+
+    Args:
+        x0: data batch of shape `(n, ...)`.
+        noise: noise batch of the same shape.
+        ot: pair by minibatch OT (True) or return `noise` unchanged (False).
+        group_size: pair within consecutive groups of this many samples
+            instead of the whole batch, e.g. the per-device batch under data
+            parallelism as in the authors' code (n must be a multiple).
+            `None` pairs the whole batch.
+
+    Returns:
+        `noise[perm]` with `perm = ot_permutation(x0, noise)` (per group), or
+        `noise` itself when `ot=False`.
+
+    Example:
+
+    ```python
+    x0 = np.random.normal(size=(64, 2)).astype("float32")
+    z = pair_noise(x0, np.random.normal(size=x0.shape).astype("float32"))
+    ```
+
+    Reference: paper section 4.4.
+    """
+    x0, noise = _check_pair(x0, noise)
+    if not ot:
+        return noise
+    count = len(x0)
+    if group_size is None or group_size >= count:
+        return noise[ot_permutation(x0, noise)]
+    group_size = check_int("group_size", group_size, minimum=1)
+    if count % group_size:
+        raise ValueError(
+            f"`group_size` ({group_size}) must divide the batch size ({count}); pass the "
+            "per-device batch size, or None to pair the whole batch."
+        )
+    paired = np.empty_like(noise)
+    for start in range(0, count, group_size):
+        group = slice(start, start + group_size)
+        paired[group] = noise[group][ot_permutation(x0[group], noise[group])]
+    return paired
 
 
 class NoisePairedDataset(keras.utils.PyDataset):
     """Batches `(x0, z)` of clean samples and (OT-paired) Gaussian noise for `fit`.
 
-    Wraps a NumPy array of samples, a `keras.utils.PyDataset` of batches
-    (yielding `x` or `(x, ...)`) or a `tf.data.Dataset` of batches. Noise is
-    standard normal float32 drawn in NumPy from (seed, epoch, batch index),
-    so it differs between batches and epochs and repeats exactly when a run
-    is resumed. With `ot=True` (the paper's setting) it is re-assigned to the
-    data by `ot_permutation`; with `ot=False` it stays independent.
+    Each batch of clean samples x0 gets a batch z of standard normal float32
+    noise of the same shape, drawn in NumPy from `(seed, epoch, batch index)`:
+    it differs between batches and between epochs, and is the same whenever
+    the same batch of the same epoch is drawn again. With `ot=True` (the
+    paper's setting) z is re-assigned to the samples by `pair_noise`, with
+    `ot=False` the same draw is kept unpaired. `fit` hands the pair to the
+    training step as `(x, y)`.
 
-    Every batch is checked before it reaches the model: NaN/inf values,
-    a non-numeric dtype or a rank below 2 raise `ValueError` naming the batch.
+    Epochs: pass `callbacks=[batches.epoch_callback()]` to `fit`. It sets
+    `epoch` to fit's own epoch number at the start of every epoch, so noise
+    and shuffling follow fit's epochs exactly, and a run resumed with
+    `fit(..., initial_epoch=k)` draws the noise and order of the interrupted
+    run. Without it, `epoch` advances at every `on_epoch_end` Keras sends,
+    which includes one extra call before the first epoch of each `fit`: the
+    noise still changes every epoch, but epoch numbers are offset and a
+    resumed run starts again from 0. `epoch` may also be set by hand.
+
+    Sources:
+
+    - NumPy array (or anything `np.asarray` accepts) of shape
+      `(num_samples, ...)`: checked once up front, batched by `batch_size`,
+      reshuffled every epoch from `(seed, epoch)` when `shuffle=True`.
+    - `keras.utils.PyDataset` of batches `x` or `(x, ...)` (labels and
+      sample weights are dropped): batch `i` of this dataset is batch `i` of
+      the source; the source's `on_epoch_begin`/`on_epoch_end` are forwarded.
+    - `tf.data.Dataset` of batches `x` or `(x, ...)`: read as a stream,
+      restarted whenever it is exhausted (so every epoch sees one full pass,
+      whatever order `fit` asks for the batch indices). Its length is its
+      cardinality; an infinite (`.repeat()`ed) dataset makes an infinite
+      dataset that needs `fit(..., steps_per_epoch=...)`. Works on every
+      backend; tf.data does its own prefetching, so `workers` > 1 only
+      overlaps the OT with the step.
+
+    Every batch is checked before it reaches the model: NaN/inf values, a
+    non-numeric dtype, a rank below 2, an empty batch, or a single-sample
+    batch with `ot=True` raise a `ValueError` naming the batch index (and
+    the first bad sample). Integer data is cast to float32.
 
     Args:
-        data: NumPy array `(num_samples, ...)`, PyDataset or tf.data.Dataset.
-        batch_size: samples per batch (array data only).
-        ot: pair noise by minibatch OT (True) or not.
-        seed: seed of the noise and of the shuffling.
-        shuffle: reshuffle array data every epoch.
-        drop_remainder: drop a last, smaller batch of array data (default
-            True: OT on a batch of 1 pairs nothing).
-        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
-            `keras.utils.PyDataset`.
+        data: NumPy array `(num_samples, ...)`, `keras.utils.PyDataset` or
+            `tf.data.Dataset` of clean samples.
+        batch_size: samples per batch for array data (default 32, as in
+            `fit`). Batched sources set their own batch size: leave it None.
+        ot: pair the noise by minibatch OT (True) or keep it independent.
+        seed: non-negative int seeding the noise and the shuffling.
+        shuffle: reshuffle array data every epoch (array data only).
+        drop_remainder: drop the last, smaller batch of array data (default
+            True: all batches have `batch_size` samples).
+        ot_group_size: pair within consecutive groups of this many samples
+            (e.g. the per-device batch under data parallelism, like the
+            authors' code); None pairs the whole batch.
+        workers: threads (or processes) preparing batches in parallel.
+        use_multiprocessing: use processes instead of threads (not with a
+            tf.data source).
+        max_queue_size: batches prepared ahead when `workers` > 1.
 
     Example:
+
     ```python
-    batches = NoisePairedDataset(latents, batch_size=128, ot=True)
-    model.fit(batches, epochs=100)
+    latents = np.load("latents.npy")  # (27000, 32, 32, 4), float32
+    batches = NoisePairedDataset(latents, batch_size=128, ot=True, seed=0)
+    model.fit(batches, epochs=1400, callbacks=[batches.epoch_callback()])
+    # Resuming at epoch 700 draws the interrupted run's noise and order:
+    model.fit(batches, epochs=1400, initial_epoch=700, callbacks=[batches.epoch_callback()])
     ```
 
-    Reference: paper section 4.4.
+    Reference: paper section 4.4 and fig. 3.
     """
 
-    def __init__(self, data, batch_size=None, ot=True, seed=0, shuffle=True, drop_remainder=True, **kwargs):
-        super().__init__(**kwargs)
-        self.data = data
+    def __init__(
+        self,
+        data,
+        batch_size=None,
+        ot=True,
+        seed=0,
+        shuffle=True,
+        drop_remainder=True,
+        ot_group_size=None,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(
+            workers=workers,
+            use_multiprocessing=use_multiprocessing,
+            max_queue_size=max_queue_size,
+        )
         self.ot = bool(ot)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
+        self.seed = check_int("seed", seed, minimum=0)
+        self.shuffle = bool(shuffle)
+        self._epoch = 0
+        self.ot_group_size = None
+        if ot_group_size is not None:
+            self.ot_group_size = check_int("ot_group_size", ot_group_size, minimum=2)
+
         if isinstance(data, keras.utils.PyDataset):
             self.source = "py_dataset"
-            self._num_batches = len(data)
+            self._check_no_batch_size(batch_size, "a keras.utils.PyDataset")
+            self.data = data
+            self._num_batches = data.num_batches
+            self.batch_size = None
         elif _is_tf_dataset(data):
             self.source = "tf_data"
-            cardinality = int(data.cardinality())
-            if cardinality < 0:
+            self._check_no_batch_size(batch_size, "a tf.data.Dataset")
+            if use_multiprocessing:
                 raise ValueError(
-                    "NoisePairedDataset needs a tf.data.Dataset of known, finite length; "
-                    "call `.apply(tf.data.experimental.assert_cardinality(n))` or `.take(n)` first."
+                    "A tf.data.Dataset source cannot be read from several processes; pass "
+                    "use_multiprocessing=False (tf.data prefetches by itself)."
                 )
-            self._num_batches = cardinality
-            self._iterator = None
-            self._next_index = 0
+            self.data = data
+            self._stream = _TFDataStream(data)
+            self._num_batches = self._stream.num_batches
+            self.batch_size = None
         else:
             self.source = "array"
             self.data = _check_array(data)
-            if batch_size is None or int(batch_size) < 1:
-                raise ValueError(f"`batch_size` must be an integer >= 1 for array data; received {batch_size!r}.")
-            self.batch_size = int(batch_size)
+            batch_size = 32 if batch_size is None else batch_size
+            self.batch_size = check_int("batch_size", batch_size, minimum=1)
             count = len(self.data)
-            self._num_batches = count // self.batch_size if drop_remainder else math.ceil(count / self.batch_size)
+            if drop_remainder:
+                self._num_batches = count // self.batch_size
+            else:
+                self._num_batches = math.ceil(count / self.batch_size)
             if self._num_batches == 0:
                 raise ValueError(
-                    f"{count} samples make no full batch of {self.batch_size}; lower `batch_size` "
-                    "or pass drop_remainder=False."
+                    f"The data's {count} samples make no full batch of {self.batch_size}: lower "
+                    "`batch_size` or pass drop_remainder=False."
+                )
+            smallest_batch = self.batch_size
+            if not drop_remainder and count % self.batch_size:
+                smallest_batch = count % self.batch_size
+            if self.ot and smallest_batch == 1:
+                raise ValueError(
+                    "OT pairing needs batches of 2 or more samples, but "
+                    + (
+                        "`batch_size` is 1"
+                        if self.batch_size == 1
+                        else f"the last batch holds 1 sample ({count} samples)"
+                    )
+                    + ": a batch of 1 has nothing to pair. Use a larger `batch_size` "
+                    "(or drop_remainder=True), or pass ot=False."
                 )
             self._order = self._epoch_order(0)
-        if self.ot and self.source == "array" and self.batch_size == 1:
-            raise ValueError("OT pairing needs batches of 2 or more samples: raise `batch_size` or pass ot=False.")
+        if self._num_batches == 0:
+            raise ValueError(
+                f"The {type(data).__name__} source holds no batches: there is no data to train on."
+            )
+
+    @property
+    def epoch(self):
+        """The epoch number keying the noise and the shuffling."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value):
+        self._epoch = check_int("epoch", value, minimum=0)
+        if self.source == "array":
+            self._order = self._epoch_order(self._epoch)
+
+    def epoch_callback(self):
+        """A callback for `fit` that keeps `epoch` equal to fit's epoch number.
+
+        Returns:
+            A `keras.callbacks.Callback` setting `self.epoch = epoch` in its
+            `on_epoch_begin(epoch)`, before the epoch's first batch is drawn.
+
+        Example:
+
+        ```python
+        model.fit(batches, epochs=10, callbacks=[batches.epoch_callback()])
+        ```
+        """
+        return _EpochSync(self)
+
+    @property
+    def num_batches(self):
+        """Batches per epoch; `None` for an infinite source."""
+        return self._num_batches
 
     def __len__(self):
+        if self._num_batches is None:
+            raise TypeError(
+                "This NoisePairedDataset streams an infinite source and has no length; "
+                "pass `steps_per_epoch` to fit."
+            )
         return self._num_batches
 
     def __getitem__(self, index):
-        x0 = self._batch(index)
-        x0 = _check_batch(x0, index)
+        x0 = _checked_batch(self._clean_batch(index), index)
         if self.ot and len(x0) == 1:
-            raise ValueError(f"Batch {index} holds 1 sample: OT pairing needs 2 or more; use larger batches or ot=False.")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        noise = rng.standard_normal(x0.shape, dtype=np.float32)
-        return x0, pair_noise(x0, noise, self.ot)
+            raise ValueError(
+                f"Batch {index} holds 1 sample: OT pairing needs 2 or more. Use larger batches, "
+                "or pass ot=False."
+            )
+        noise = _batch_noise(x0.shape, self.seed, self.epoch, index)
+        return x0, pair_noise(x0, noise, ot=self.ot, group_size=self.ot_group_size)
+
+    def on_epoch_begin(self):
+        if self.source == "py_dataset":
+            self.data.on_epoch_begin()
 
     def on_epoch_end(self):
         self.epoch += 1
-        if self.source == "array":
-            self._order = self._epoch_order(self.epoch)
-        elif self.source == "py_dataset":
+        if self.source == "py_dataset":
             self.data.on_epoch_end()
-        else:
-            self._iterator = None
-            self._next_index = 0
 
-    def _epoch_order(self, epoch):
-        count = len(self.data)
-        if not self.shuffle:
-            return np.arange(count)
-        return np.random.default_rng([self.seed, epoch, 2**31 - 1]).permutation(count)
-
-    def _batch(self, index):
+    def _clean_batch(self, index):
         if self.source == "array":
             rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
             return self.data[rows]
         if self.source == "py_dataset":
             batch = self.data[index]
         else:
-            if self._iterator is None or index != self._next_index:
-                self._iterator = iter(self.data.skip(index))
-            batch = next(self._iterator)
-            self._next_index = index + 1
+            batch = self._stream.next_batch()
         if isinstance(batch, (tuple, list)):
+            if not batch:
+                raise ValueError(
+                    f"Batch {index} of the source is an empty tuple; expected x or (x, ...)."
+                )
             batch = batch[0]
-        return keras.ops.convert_to_numpy(batch) if not isinstance(batch, np.ndarray) else batch
+        if isinstance(batch, dict):
+            raise ValueError(
+                f"Batch {index} of the source is a dict; NoisePairedDataset needs the samples "
+                "as an array x or a tuple (x, ...). Map the source to its samples first."
+            )
+        return _to_numpy(batch)
+
+    def _epoch_order(self, epoch):
+        count = len(self.data)
+        if not self.shuffle:
+            return np.arange(count)
+        key = np.random.SeedSequence(self.seed, spawn_key=(_SHUFFLE_STREAM, epoch))
+        return np.random.default_rng(key).permutation(count)
+
+    @staticmethod
+    def _check_no_batch_size(batch_size, source):
+        if batch_size is not None:
+            raise ValueError(
+                f"`batch_size` applies to array data only; {source} yields batches already "
+                f"(received batch_size={batch_size!r}). Batch the source itself and leave "
+                "`batch_size` unset."
+            )
+
+
+class _EpochSync(keras.callbacks.Callback):
+    """Sets a `NoisePairedDataset`'s epoch to fit's epoch number."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = epoch
+
+
+class _TFDataStream:
+    """Reads a `tf.data.Dataset` in order, restarting it whenever it runs out.
+
+    Thread-safe, for PyDataset workers. Batch indices are not positions: a
+    stream has no cheap random access, and `fit` asks for indices in shuffled
+    order.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        cardinality = int(dataset.cardinality())
+        if cardinality == _TF_UNKNOWN_CARDINALITY:
+            raise ValueError(
+                "The tf.data.Dataset has an unknown number of batches (e.g. after `filter`). "
+                "State it with `dataset.apply(tf.data.experimental.assert_cardinality(n))`, "
+                "or `.repeat()` the dataset and pass `steps_per_epoch` to fit."
+            )
+        self.num_batches = None if cardinality == _TF_INFINITE_CARDINALITY else cardinality
+        self._iterator = None
+        self._lock = threading.Lock()
+
+    def next_batch(self):
+        with self._lock:
+            if self._iterator is None:
+                self._iterator = self.dataset.as_numpy_iterator()
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                self._iterator = self.dataset.as_numpy_iterator()
+                return next(self._iterator)
+
+
+def _batch_noise(shape, seed, epoch, index):
+    """Standard normal float32 noise, a pure function of (seed, epoch, index)."""
+    key = np.random.SeedSequence(seed, spawn_key=(_NOISE_STREAM, int(epoch), int(index)))
+    return np.random.default_rng(key).standard_normal(shape, dtype=np.float32)
+
+
+def _permutation_from_plan(plan):
+    """The permutation encoded by a square OT plan; raises if it encodes none."""
+    perm = np.argmax(plan, axis=1).astype(np.int64)
+    if len(np.unique(perm)) != len(plan):
+        raise RuntimeError(
+            "The OT plan of a square uniform problem is not a permutation; cannot pair noise "
+            "with data. This is a bug of the solver: please report it with the batch."
+        )
+    return perm
+
+
+def _check_pair(x0, noise):
+    x0, noise = np.asarray(x0), np.asarray(noise)
+    if x0.shape != noise.shape or x0.ndim < 2 or len(x0) == 0:
+        raise ValueError(
+            "Data and noise batches must have the same shape (batch_size, ...), of rank >= 2 "
+            f"and batch_size >= 1; received {x0.shape} and {noise.shape}."
+        )
+    for name, batch in (("data", x0), ("noise", noise)):
+        if not _is_real(batch.dtype):
+            raise ValueError(f"The {name} batch has dtype {batch.dtype}; expected real numbers.")
+    return x0, noise
+
+
+def _is_real(dtype):
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def _is_tf_dataset(data):
-    module = type(data).__module__
-    return module.startswith("tensorflow") and hasattr(data, "cardinality")
+    # Detected by module name: importing TensorFlow just to check would cost seconds.
+    return hasattr(data, "as_numpy_iterator") and any(
+        cls.__module__.startswith("tensorflow.python.data") for cls in type(data).__mro__
+    )
+
+
+def _to_numpy(batch):
+    if type(batch).__module__.startswith("torch"):
+        batch = batch.detach().cpu()
+    return np.asarray(batch)
 
 
 def _check_array(data):
+    """Checks array data once, up front, so training never starts on bad data."""
     data = np.asarray(data)
-    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-        raise ValueError(f"Data must hold real numbers; received dtype {data.dtype}.")
+    if not _is_real(data.dtype):
+        raise ValueError(
+            f"The data has dtype {data.dtype}; NoisePairedDataset needs real numbers (float "
+            "or integer). Convert it, e.g. `data.astype('float32')`."
+        )
     if data.ndim < 2:
         raise ValueError(
-            f"Data must be samples of rank >= 1, an array (num_samples, ...); received shape {data.shape}. "
-            "Reshape vectors of scalars to (num_samples, 1)."
+            f"The data has shape {data.shape}, of rank {data.ndim}; expected an array "
+            "(num_samples, ...) of rank >= 2. Reshape scalar samples to (num_samples, 1)."
         )
     if len(data) == 0:
-        raise ValueError("Data holds no samples.")
-    finite = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
-    if not finite.all():
-        raise ValueError(
-            f"Data holds NaN or inf values, first at sample {int(np.argmin(finite))}. "
-            "Remove or repair those samples before training."
-        )
+        raise ValueError(f"The data holds no samples (shape {data.shape}).")
+    if np.issubdtype(data.dtype, np.floating):
+        sample_size = max(1, math.prod(data.shape[1:]))
+        block = max(1, _SCAN_ELEMENTS // sample_size)
+        for start in range(0, len(data), block):
+            rows = data[start : start + block].reshape(-1, sample_size)
+            finite = np.isfinite(rows).all(axis=1)
+            if not finite.all():
+                sample = start + int(np.argmin(finite))
+                raise ValueError(
+                    f"The data holds NaN or inf values, first in sample {sample}. Remove or "
+                    "repair those samples before training."
+                )
     return data
 
 
-def _check_batch(x0, index):
-    if not np.issubdtype(x0.dtype, np.number) or np.issubdtype(x0.dtype, np.complexfloating):
-        raise ValueError(f"Batch {index} holds dtype {x0.dtype}; data must be real numbers.")
+def _checked_batch(x0, index):
+    """Checks one batch and returns it as float32."""
+    if not _is_real(x0.dtype):
+        raise ValueError(
+            f"Batch {index} has dtype {x0.dtype}; NoisePairedDataset needs real numbers "
+            "(float or integer). Convert the source's samples, e.g. to float32."
+        )
     if x0.ndim < 2:
-        raise ValueError(f"Batch {index} has shape {x0.shape}; expected (batch, ...) with rank >= 2.")
+        raise ValueError(
+            f"Batch {index} has shape {x0.shape}, of rank {x0.ndim}; expected a batch "
+            "(batch_size, ...) of rank >= 2. Reshape scalar samples to (batch_size, 1)."
+        )
+    if len(x0) == 0:
+        raise ValueError(f"Batch {index} holds no samples (shape {x0.shape}).")
+    x0 = x0.astype(np.float32, copy=False)
     finite = np.isfinite(x0.reshape(len(x0), -1)).all(axis=1)
     if not finite.all():
         raise ValueError(
-            f"Batch {index} holds NaN or inf values (its sample {int(np.argmin(finite))}). "
-            "Remove or repair those samples before training."
+            f"Batch {index} holds NaN or inf values (or values beyond the float32 range), first "
+            f"in its sample {int(np.argmin(finite))}. Remove or repair those samples before "
+            "training."
         )
-    return x0.astype(np.float32, copy=False)
+    return x0

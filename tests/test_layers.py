@@ -1,0 +1,208 @@
+"""keras_lct.layers: every layer through run_layer_test, and each formula against numpy."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lct import layers
+from layer_test_case import run_layer_test
+
+
+def numpy_of(value):
+    return ops.convert_to_numpy(value)
+
+
+@pytest.mark.parametrize(
+    "layer_cls, kwargs, shapes, output_shape, trainable, non_trainable",
+    [
+        (layers.NonScalingLayerNormalization, {}, [(2, 4, 4, 8)], (2, 4, 4, 8), 1, 0),
+        (layers.PositionalEmbedding, {"num_channels": 16}, [(3,)], (3, 16), 0, 0),
+        (layers.FourierEmbedding, {"num_channels": 16, "scale": 0.5, "seed": 1}, [(3,)], (3, 16), 0, 1),
+        (layers.Resample2D, {"mode": "down"}, [(2, 8, 8, 3)], (2, 4, 4, 3), 0, 0),
+        (layers.Resample2D, {"mode": "up"}, [(2, 4, 4, 3)], (2, 8, 8, 3), 0, 0),
+        # norm (beta) + qkv (kernel, bias) + proj (kernel, bias)
+        (layers.AttentionBlock, {"channels": 64, "num_heads": 2}, [(2, 4, 4, 64)], (2, 4, 4, 64), 5, 0),
+        # norm0, conv0 x2, affine x2, norm1, conv1 x2, skip x2
+        (layers.UNetBlock, {"in_channels": 8, "out_channels": 16, "emb_channels": 12}, [(2, 8, 8, 8), (2, 12)], (2, 8, 8, 16), 10, 0),
+        # group norms hold 2 weights; attention adds 6; down: no skip conv without a channel change
+        (
+            layers.UNetBlock,
+            {"in_channels": 64, "out_channels": 64, "emb_channels": 12, "down": True, "attention": True, "norm": "group"},
+            [(2, 8, 8, 64), (2, 12)],
+            (2, 4, 4, 64),
+            10 + 6,
+            0,
+        ),
+        (layers.UNetBlock, {"in_channels": 8, "out_channels": 8, "emb_channels": 4, "up": True, "norm": "rms"}, [(2, 4, 4, 8), (2, 4)], (2, 8, 8, 8), 8, 0),
+    ],
+)
+def test_layer_contract(layer_cls, kwargs, shapes, output_shape, trainable, non_trainable, tmp_path):
+    # Embeddings have no weights to train; their output is still checked.
+    run_layer_test(layer_cls, kwargs, shapes, output_shape, trainable, non_trainable, tmp_path, run_training_check=trainable > 0)
+
+
+def test_nsln_has_no_scale_and_normalizes_each_sample():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(3, 4, 4, 6)) * np.array([1.0, 10.0, 0.1]).reshape(3, 1, 1, 1) + 5).astype("float32")
+    layer = layers.NonScalingLayerNormalization()
+    y = numpy_of(layer(x))
+    assert [w.name for w in layer.weights] == ["beta"] and layer.beta.shape == (4, 4, 6)
+    np.testing.assert_allclose(y.reshape(3, -1).mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.reshape(3, -1).var(axis=1), 1.0, rtol=1e-3)
+    flat = x.reshape(3, -1).astype("float64")
+    expected = (flat - flat.mean(1, keepdims=True)) / np.sqrt(flat.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.reshape(3, -1), expected, rtol=1e-4, atol=1e-5)
+    layer.beta.assign(np.full((4, 4, 6), 0.5, "float32"))
+    np.testing.assert_allclose(numpy_of(layer(x)).reshape(3, -1), expected + 0.5, rtol=1e-4, atol=1e-5)
+
+
+def outlier_spread(layer, x, outlier_position):
+    """How much one huge value moves the layer's outputs everywhere else."""
+    spiked = x.copy()
+    spiked[(0,) + outlier_position] = 1e4
+    change = np.abs(numpy_of(layer(spiked)) - numpy_of(layer(x)))[0]
+    change[outlier_position] = 0.0
+    return change.max()
+
+
+def test_an_outlier_moves_nsln_no_more_than_a_trained_layernorm():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 8, 8, 16)).astype("float32")
+    nsln = layers.normalization("nsln", 16)
+    layer_norm = layers.normalization("layer", 16)
+    nsln.build(x.shape)
+    layer_norm.build(x.shape)
+    # A trained LayerNorm has non-unit scales; the shared statistics times a
+    # large gamma amplify the outlier's effect on every other feature.
+    layer_norm.gamma.assign(rng.uniform(0.5, 4.0, size=layer_norm.gamma.shape).astype("float32"))
+    position = (3, 5, 7)
+    nsln_spread, layer_norm_spread = outlier_spread(nsln, x, position), outlier_spread(layer_norm, x, position)
+    assert 0 < nsln_spread <= layer_norm_spread, (nsln_spread, layer_norm_spread)
+    # And the effect is a per-sample shift/shrink only: bounded by the normalized inputs.
+    assert nsln_spread <= np.abs(numpy_of(nsln(x))).max() + 1.0
+
+
+def numpy_group_norm(x, groups, eps=1e-5):
+    n, h, w, c = x.shape
+    g = x.reshape(n, h, w, groups, c // groups).astype("float64")
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+
+
+def numpy_layer_norm(x, eps=1e-5, center=True):
+    flat = x.reshape(len(x), -1).astype("float64")
+    mean = flat.mean(1, keepdims=True) if center else 0.0
+    var = flat.var(1, keepdims=True) if center else (flat**2).mean(1, keepdims=True)
+    return ((flat - mean) / np.sqrt(var + eps)).reshape(x.shape)
+
+
+@pytest.mark.parametrize(
+    "kind, expected_fn, weight_shapes",
+    [
+        ("group", lambda x: numpy_group_norm(x, 16), [(64,), (64,)]),  # min(32, 64 // 4) groups
+        ("GN", lambda x: numpy_group_norm(x, 16), [(64,), (64,)]),
+        ("instance", lambda x: numpy_group_norm(x, 64), [(64,), (64,)]),
+        ("layer", numpy_layer_norm, [(4, 4, 64), (4, 4, 64)]),
+        ("rms", lambda x: numpy_layer_norm(x, center=False), [(4, 4, 64)]),
+        ("NsLN", numpy_layer_norm, [(4, 4, 64)]),
+    ],
+)
+def test_norm_factory_against_numpy(kind, expected_fn, weight_shapes):
+    x = (np.random.default_rng(2).normal(size=(2, 4, 4, 64)) * 3 + 1).astype("float32")
+    layer = layers.normalization(kind, 64)
+    y = numpy_of(layer(x))
+    np.testing.assert_allclose(y, expected_fn(x), rtol=2e-3, atol=2e-3)
+    assert sorted(tuple(w.shape) for w in layer.trainable_weights) == sorted(weight_shapes)
+
+
+def test_group_count_follows_the_authors_rule():
+    assert layers.normalization("group", 64).groups == 16
+    assert layers.normalization("group", 256).groups == 32
+    assert layers.normalization("group", 4).groups == 1
+
+
+def test_positional_embedding_against_numpy():
+    x = np.array([-1553.7, 0.0, 3.2, 1095.5], "float32")
+    y = numpy_of(layers.PositionalEmbedding(8)(x))
+    frequencies = (1 / 10000) ** (np.arange(4) / 4)
+    angles = x[:, None].astype("float64") * frequencies
+    np.testing.assert_allclose(y, np.concatenate([np.cos(angles), np.sin(angles)], axis=1), atol=2e-3)
+    with_endpoint = numpy_of(layers.PositionalEmbedding(8, endpoint=True)(x[1:3]))
+    angles = x[1:3, None].astype("float64") * (1 / 10000) ** (np.arange(4) / 3)
+    np.testing.assert_allclose(with_endpoint, np.concatenate([np.cos(angles), np.sin(angles)], axis=1), atol=1e-5)
+
+
+def test_fourier_embedding_against_its_frequencies():
+    layer = layers.FourierEmbedding(6, scale=2.0, seed=3)
+    x = np.array([0.1, -0.7], "float32")
+    y = numpy_of(layer(x))
+    frequencies = numpy_of(layer.frequencies).astype("float64")
+    angles = 2 * math.pi * x[:, None] * frequencies
+    np.testing.assert_allclose(y, np.concatenate([np.cos(angles), np.sin(angles)], axis=1), atol=1e-5)
+    assert 0.3 < np.std(frequencies) < 6.0
+
+
+def test_resampling_against_numpy():
+    x = np.arange(2 * 4 * 4 * 1, dtype="float32").reshape(2, 4, 4, 1)
+    down = numpy_of(layers.Resample2D("down")(x))
+    np.testing.assert_allclose(down, x.reshape(2, 2, 2, 2, 2, 1).mean(axis=(2, 4)))
+    up = numpy_of(layers.Resample2D("up")(x))
+    np.testing.assert_allclose(up, x.repeat(2, axis=1).repeat(2, axis=2))
+
+
+def test_attention_block_against_numpy():
+    rng = np.random.default_rng(4)
+    layer = layers.AttentionBlock(64, num_heads=2, norm="nsln")
+    x = rng.normal(size=(1, 2, 3, 64)).astype("float32")
+    layer.build(x.shape)
+    for weight in layer.proj.weights:  # undo the zero init to see the attention
+        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1)
+    y = numpy_of(layer(x))
+    normalized = numpy_layer_norm(x)
+    kernel, bias = (numpy_of(w).astype("float64") for w in layer.qkv.weights)
+    qkv = (normalized.reshape(6, 64) @ kernel.reshape(64, 192) + bias).reshape(6, 2, 32, 3)
+    q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+    logits = np.einsum("qhc,khc->hqk", q, k) / math.sqrt(32)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    attended = np.einsum("hqk,khc->qhc", weights, v).reshape(6, 64)
+    proj_kernel, proj_bias = (numpy_of(w).astype("float64") for w in layer.proj.weights)
+    expected = x.reshape(6, 64) + attended @ proj_kernel.reshape(64, 64) + proj_bias
+    np.testing.assert_allclose(y.reshape(6, 64), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_unet_block_zero_init_makes_it_the_skip_path():
+    block = layers.UNetBlock(8, 16, emb_channels=4, down=True)
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 8)).astype("float32")
+    y = numpy_of(block(x, np.zeros((2, 4), "float32")))
+    skip = numpy_of(block.skip(layers.Resample2D("down")(x)))
+    np.testing.assert_allclose(y, skip, rtol=1e-5, atol=1e-5)  # conv1 starts at zero
+
+
+def test_initialization_is_uniform_within_one_over_sqrt_fan_in():
+    block = layers.UNetBlock(32, 32, emb_channels=16)
+    block.build((None, 8, 8, 32), (None, 16))
+    kernel = numpy_of(block.conv0.kernel)
+    limit = 1 / math.sqrt(32 * 9)
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
+    assert np.all(numpy_of(block.conv1.kernel) == 0)
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda: layers.normalization("batch", 8), "Unknown normalization 'batch'"),
+        (lambda: layers.AttentionBlock(64, num_heads=3), "num_heads"),
+        (lambda: layers.UNetBlock(8, 96, 4, attention=True), "channels_per_head=64"),
+        (lambda: layers.UNetBlock(8, 8, 4, up=True, down=True), "not both"),
+        (lambda: layers.Resample2D("sideways"), "mode"),
+        (lambda: layers.PositionalEmbedding(7), "num_channels"),
+    ],
+)
+def test_bad_arguments(make, words):
+    with pytest.raises(ValueError, match=words):
+        make()
