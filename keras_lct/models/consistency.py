@@ -97,7 +97,7 @@ class ConsistencyModel(keras.Model):
     Example:
     ```python
     model = ConsistencyModel(keras_lct.models.UNet.from_preset("tiny"))
-    model.compile(optimizer=keras.optimizers.RAdam(1e-4))
+    model.compile(optimizer=keras_lct.optimizers.RAdam(1e-4, weight_decay=1e-4))
     model.fit(latents, epochs=10, callbacks=[
         keras_lct.callbacks.ExpCurriculum(total_steps=10 * len(latents) // 32),
         keras_lct.callbacks.AdaptiveC(),
