@@ -40,6 +40,7 @@ from keras_lct.coupling import NoisePairedDataset  # noqa: E402
 from keras_lct.coupling import pair_noise  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
+from keras_lct.optimizers import RAdam  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -59,7 +60,7 @@ def measure(preset, ot):
     network = UNet.from_preset(preset)
     model = ConsistencyModel(network)
     model.build((None, 32, 32, 4))
-    model.compile(optimizer=keras.optimizers.RAdam(1e-4))
+    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
     total = args.warmup + args.steps
     latents = np.random.default_rng(0).standard_normal((total * args.batch_size, 32, 32, 4)).astype("float32") * 0.5
     batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=0, shuffle=False)
