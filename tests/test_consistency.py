@@ -394,3 +394,14 @@ def test_trains_under_mixed_bfloat16():
     assert all(v.dtype == "float32" for v in model.ema_weights[0])
     samples = model.sample(8, seed=0)
     assert samples.dtype == np.float32 and np.all(np.isfinite(samples))
+
+
+def test_fit_keeps_paired_batches_on_fits_epochs():
+    from keras_lct.coupling import NoisePairedDataset
+
+    model = toy_model()
+    batches = NoisePairedDataset(mixture(64), batch_size=16, seed=1)
+    seen = []
+    probe = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(batches.epoch))
+    model.fit(batches, epochs=7, initial_epoch=5, verbose=0, callbacks=[probe])
+    assert seen == [5] * 4 + [6] * 4

@@ -493,10 +493,23 @@ class ConsistencyModel(keras.Model):
 
     # ---------------------------------------------------------- input checks
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, after checking array data for NaN/inf up front."""
+        """`keras.Model.fit`, with checks and the epoch sync of paired batches.
+
+        NumPy data is checked for NaN/inf before the first step. A
+        `keras_lct.coupling.NoisePairedDataset` gets its `epoch_callback()`
+        added, so its noise and order follow fit's epochs (and resume
+        exactly with `initial_epoch`).
+        """
+        from keras_lct.coupling import NoisePairedDataset
+
         for name, array in (("x", x), ("y", y)):
             if isinstance(array, np.ndarray):
                 _check_finite_array(name, array, kwargs.get("batch_size") or 32)
+        if isinstance(x, NoisePairedDataset):
+            callbacks = list(kwargs.get("callbacks") or [])
+            if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
+                callbacks.insert(0, x.epoch_callback())
+            kwargs["callbacks"] = callbacks
         return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization
