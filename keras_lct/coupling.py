@@ -307,7 +307,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
             self.batch_size = None
         else:
             self.source = "array"
-            self.data = _check_array(data)
+            self.data = check_samples(data)
             batch_size = 32 if batch_size is None else batch_size
             self.batch_size = check_int("batch_size", batch_size, minimum=1)
             count = len(self.data)
@@ -526,8 +526,13 @@ def _to_numpy(batch):
     return np.asarray(batch)
 
 
-def _check_array(data):
-    """Checks array data once, up front, so training never starts on bad data."""
+def check_samples(data):
+    """Checks an array of samples once, up front, so training never starts on bad data.
+
+    Raises:
+        ValueError: for a non-real dtype, rank < 2, no samples, or NaN/inf
+            (naming the first bad sample).
+    """
     data = np.asarray(data)
     if not _is_real(data.dtype):
         raise ValueError(

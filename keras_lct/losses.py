@@ -98,12 +98,21 @@ def get(name):
 class RobustLoss(keras.losses.Loss):
     """Base class of the robust losses: a per-sample distance with scale `c`.
 
+    `m = mean((y_pred - y_true)^2)` over each sample's features, then the
+    subclass's distance of m and c, reduced over the batch.
+
     Args:
         c: positive robustness scale, a float or a `keras.Variable` (read at
             every call, so a callback or the training step may change it).
         reduction: as for every `keras.losses.Loss`.
         name: the loss name.
         dtype: dtype of the returned loss.
+
+    Call arguments:
+        y_true: targets, shape `(batch, ...)`.
+        y_pred: predictions, same shape.
+
+    Reference: paper section 4.2.
     """
 
     distance_name = None
@@ -126,22 +135,13 @@ class RobustLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class Cauchy(RobustLoss):
-    """Cauchy loss `log(1 + mean((y_pred - y_true)^2) / (2 c^2))`, per sample.
+    """Cauchy loss `log(1 + m / (2 c^2))`, the paper's default.
 
-    The paper's default: robust to the impulsive outliers of latent data
-    without ignoring them.
-
-    Args:
-        c: positive robustness scale (float or `keras.Variable`).
-        reduction, name, dtype: as for `keras.losses.Loss`.
-
-    Call arguments:
-        y_true: targets, shape `(batch, ...)`.
-        y_pred: predictions, same shape.
+    Robust to the impulsive outliers of latent data without ignoring them:
+    its gradient decays like 1 / residual. Arguments as for `RobustLoss`.
 
     Example:
-    >>> loss = Cauchy(c=0.03)
-    >>> value = loss(np.zeros((2, 4)), np.ones((2, 4)))
+    >>> Cauchy(c=0.03)(np.zeros((2, 4)), np.ones((2, 4)))
 
     Reference: paper section 4.2, eq. 6.
     """
@@ -151,21 +151,13 @@ class Cauchy(RobustLoss):
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class PseudoHuber(RobustLoss):
-    """Pseudo-Huber loss `sqrt(mean((y_pred - y_true)^2) + c^2) - c`, per sample.
+    """Pseudo-Huber loss `sqrt(m + c^2) - c`: iCT's loss, the iLCT baseline.
 
-    iCT's loss; the iLCT baseline of the paper.
-
-    Args:
-        c: positive robustness scale (float or `keras.Variable`).
-        reduction, name, dtype: as for `keras.losses.Loss`.
-
-    Call arguments:
-        y_true: targets, shape `(batch, ...)`.
-        y_pred: predictions, same shape.
+    Its gradient tends to a constant for large residuals. Arguments as for
+    `RobustLoss`.
 
     Example:
-    >>> loss = PseudoHuber(c=0.03)
-    >>> value = loss(np.zeros((2, 4)), np.ones((2, 4)))
+    >>> PseudoHuber(c=0.03)(np.zeros((2, 4)), np.ones((2, 4)))
 
     Reference: paper section 4.2, eq. 7.
     """
@@ -175,19 +167,13 @@ class PseudoHuber(RobustLoss):
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class GemanMcClure(RobustLoss):
-    """Geman-McClure loss `2 m / (m + 4 c^2)`, `m = mean((y_pred - y_true)^2)`.
+    """Geman-McClure loss `2 m / (m + 4 c^2)`, saturating at 2.
 
-    Args:
-        c: positive robustness scale (float or `keras.Variable`).
-        reduction, name, dtype: as for `keras.losses.Loss`.
-
-    Call arguments:
-        y_true: targets, shape `(batch, ...)`.
-        y_pred: predictions, same shape.
+    Outliers get a vanishing gradient and are ignored. Arguments as for
+    `RobustLoss`.
 
     Example:
-    >>> loss = GemanMcClure(c=0.03)
-    >>> value = loss(np.zeros((2, 4)), np.ones((2, 4)))
+    >>> GemanMcClure(c=0.03)(np.zeros((2, 4)), np.ones((2, 4)))
 
     Reference: paper section 4.2, eq. 8.
     """
@@ -197,19 +183,12 @@ class GemanMcClure(RobustLoss):
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class L2(RobustLoss):
-    """Per-sample mean squared error; `c` is stored but has no effect.
+    """Per-sample mean squared error `m`; `c` is stored but has no effect.
 
-    Args:
-        c: ignored, kept so every robust loss shares one signature.
-        reduction, name, dtype: as for `keras.losses.Loss`.
-
-    Call arguments:
-        y_true: targets, shape `(batch, ...)`.
-        y_pred: predictions, same shape.
+    Arguments as for `RobustLoss`.
 
     Example:
-    >>> loss = L2()
-    >>> value = loss(np.zeros((2, 4)), np.ones((2, 4)))
+    >>> L2()(np.zeros((2, 4)), np.ones((2, 4)))
 
     Reference: paper table 2c (the L2 ablation).
     """

@@ -501,10 +501,11 @@ class ConsistencyModel(keras.Model):
         exactly with `initial_epoch`).
         """
         from keras_lct.coupling import NoisePairedDataset
+        from keras_lct.coupling import check_samples
 
-        for name, array in (("x", x), ("y", y)):
+        for array in (x, y):
             if isinstance(array, np.ndarray):
-                _check_finite_array(name, array, kwargs.get("batch_size") or 32)
+                check_samples(array)
         if isinstance(x, NoisePairedDataset):
             callbacks = list(kwargs.get("callbacks") or [])
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
@@ -579,16 +580,3 @@ def _check_decay(decay):
 
 def _decay_label(decay):
     return f"{decay:.10f}".rstrip("0").replace(".", "p")
-
-
-def _check_finite_array(name, array, batch_size):
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"`{name}` must hold numbers; received dtype {array.dtype}.")
-    finite = np.isfinite(array.reshape(array.shape[0], -1)).all(axis=1) if array.ndim >= 1 else np.isfinite(array)
-    if array.ndim >= 1 and not finite.all():
-        sample = int(np.argmin(finite))
-        raise ValueError(
-            f"`{name}` holds NaN or inf values, first at sample {sample} (in batch "
-            f"{sample // batch_size} of an unshuffled epoch at batch_size {batch_size}). "
-            "Remove or repair those samples before training."
-        )
