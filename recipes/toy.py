@@ -10,6 +10,13 @@ on any backend:
 
 It writes `samples.png` (data next to 1-step and 2-step samples) and
 `training.png` (loss, N and c over the run) into the output folder.
+
+What to expect: after the default 3000 steps the 1-step samples reach all 8
+modes but stay blurred between them (mean distance to the nearest mode ~0.14,
+against ~0.83 for pure noise); consistency training sharpens slowly (12000
+steps: ~0.13). The 2-step level (sigma ~0.369, tuned by the authors for
+CelebA-HQ latents) is wider than the gaps between these modes, so 2 steps do
+not help here. The adaptive c of eq. 11 is calibrated for 32x32x4 latents.
 """
 
 import argparse
