@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from keras_lct import callbacks
 from keras_lct import coupling
+from keras_lct import data
 from keras_lct import layers
 from keras_lct import losses
 from keras_lct import models

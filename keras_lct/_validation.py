@@ -62,3 +62,8 @@ def check_choice(name, value, choices):
 
 def _range_text(minimum):
     return "" if minimum is None else f" >= {minimum}"
+
+
+def is_real_dtype(dtype):
+    """Whether `dtype` holds real numbers (integers or floats, not bool)."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)

@@ -397,7 +397,7 @@ def test_trains_under_mixed_bfloat16():
 
 
 def test_fit_keeps_paired_batches_on_fits_epochs():
-    from keras_lct.coupling import NoisePairedDataset
+    from keras_lct.data import NoisePairedDataset
 
     model = toy_model()
     batches = NoisePairedDataset(mixture(64), batch_size=16, seed=1)

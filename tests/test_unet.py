@@ -11,7 +11,7 @@ from keras import ops
 
 from keras_lct import layers
 from keras_lct.callbacks import ExpCurriculum
-from keras_lct.coupling import NoisePairedDataset
+from keras_lct.data import NoisePairedDataset
 from keras_lct.models import UNET_PRESETS
 from keras_lct.models import ConsistencyModel
 from keras_lct.models import UNet

@@ -61,7 +61,7 @@ class ConsistencyModel(keras.Model):
     `keras_lct.callbacks.ExpCurriculum` and `keras_lct.callbacks.AdaptiveC`.
 
     Batches: `fit(x)` with clean samples x0 draws independent Gaussian noise
-    in the step; `fit` on `keras_lct.coupling.NoisePairedDataset` batches
+    in the step; `fit` on `keras_lct.data.NoisePairedDataset` batches
     `(x0, z)` uses the given (e.g. OT-paired) noise z.
 
     Args:
@@ -496,12 +496,12 @@ class ConsistencyModel(keras.Model):
         """`keras.Model.fit`, with checks and the epoch sync of paired batches.
 
         NumPy data is checked for NaN/inf before the first step. A
-        `keras_lct.coupling.NoisePairedDataset` gets its `epoch_callback()`
+        `keras_lct.data.NoisePairedDataset` gets its `epoch_callback()`
         added, so its noise and order follow fit's epochs (and resume
         exactly with `initial_epoch`).
         """
-        from keras_lct.coupling import NoisePairedDataset
-        from keras_lct.coupling import check_samples
+        from keras_lct.data.paired import NoisePairedDataset
+        from keras_lct.data.paired import check_samples
 
         for array in (x, y):
             if isinstance(array, np.ndarray):

@@ -1,0 +1,29 @@
+"""Data: images in, latent caches, normalization, and the batches `fit` consumes.
+
+- `keras_lct.data.images`: image sources (`ImageFolder`, `TFDSImages`), with
+  center crop / resize / RGB conversion and a report of skipped files;
+- `keras_lct.data.latents`: encoding to a memory-mapped latent cache with its
+  statistics (`build_latent_cache`, `LatentCache`) and the normalization
+  `x = (z / s - mean) / std * 0.5` (`LatentNormalization`);
+- `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches.
+
+Reference: paper sections 4.4 and 5.1; `REFERENCE.md` "Latents".
+"""
+
+from keras_lct.data.images import IMAGE_EXTENSIONS
+from keras_lct.data.images import ImageFolder
+from keras_lct.data.images import ImageReport
+from keras_lct.data.images import ImageSource
+from keras_lct.data.images import SourceImage
+from keras_lct.data.images import TFDSImages
+from keras_lct.data.images import images_to_uint8
+from keras_lct.data.images import images_to_unit_range
+from keras_lct.data.images import prepare_image
+from keras_lct.data.latents import LatentCache
+from keras_lct.data.latents import LatentNormalization
+from keras_lct.data.latents import NormalizedLatents
+from keras_lct.data.latents import build_latent_cache
+from keras_lct.data.latents import denormalize_latents
+from keras_lct.data.latents import normalize_latents
+from keras_lct.data.paired import NoisePairedDataset
+from keras_lct.data.paired import check_samples

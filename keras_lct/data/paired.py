@@ -1,0 +1,411 @@
+"""`NoisePairedDataset`: (x0, OT-paired noise) batches for `model.fit`.
+
+Each batch of clean samples gets a batch of Gaussian noise drawn in NumPy from
+(seed, epoch, batch index), re-assigned to the samples by minibatch OT
+(`keras_lct.coupling.pair_noise`) before it reaches the compiled step.
+
+Reference: paper section 4.4 and fig. 3.
+"""
+
+import math
+import threading
+
+import keras
+import numpy as np
+
+from keras_lct._validation import check_int
+from keras_lct._validation import is_real_dtype
+from keras_lct.coupling import pair_noise
+
+# Independent random streams of one seed, told apart by the first spawn key.
+_NOISE_STREAM = 0
+_SHUFFLE_STREAM = 1
+
+# Samples per block when scanning a whole array for NaN/inf.
+_SCAN_ELEMENTS = 1 << 22
+
+_TF_INFINITE_CARDINALITY = -1
+_TF_UNKNOWN_CARDINALITY = -2
+
+
+class NoisePairedDataset(keras.utils.PyDataset):
+    """Batches `(x0, z)` of clean samples and (OT-paired) Gaussian noise for `fit`.
+
+    Each batch of clean samples x0 gets a batch z of standard normal float32
+    noise of the same shape, drawn in NumPy from `(seed, epoch, batch index)`:
+    it differs between batches and between epochs, and is the same whenever
+    the same batch of the same epoch is drawn again. With `ot=True` (the
+    paper's setting) z is re-assigned to the samples by `pair_noise`, with
+    `ot=False` the same draw is kept unpaired. `fit` hands the pair to the
+    training step as `(x, y)`.
+
+    Epochs: pass `callbacks=[batches.epoch_callback()]` to `fit`. It sets
+    `epoch` to fit's own epoch number at the start of every epoch, so noise
+    and shuffling follow fit's epochs exactly, and a run resumed with
+    `fit(..., initial_epoch=k)` draws the noise and order of the interrupted
+    run. Without it, `epoch` advances at every `on_epoch_end` Keras sends,
+    which includes one extra call before the first epoch of each `fit`: the
+    noise still changes every epoch, but epoch numbers are offset and a
+    resumed run starts again from 0. `epoch` may also be set by hand.
+
+    Sources:
+
+    - NumPy array (or anything `np.asarray` accepts) of shape
+      `(num_samples, ...)`: checked once up front, batched by `batch_size`,
+      reshuffled every epoch from `(seed, epoch)` when `shuffle=True`. A
+      memory-mapped array (`np.load(path, mmap_mode="r")`) or an array view
+      with `shape`, `dtype`, `len` and row indexing by an index array (such
+      as `keras_lct.data.LatentCache.training_data()`) is read batch by
+      batch and never copied whole.
+    - `keras.utils.PyDataset` of batches `x` or `(x, ...)` (labels and
+      sample weights are dropped): batch `i` of this dataset is batch `i` of
+      the source; the source's `on_epoch_begin`/`on_epoch_end` are forwarded.
+    - `tf.data.Dataset` of batches `x` or `(x, ...)`: read as a stream,
+      restarted whenever it is exhausted (so every epoch sees one full pass,
+      whatever order `fit` asks for the batch indices). Its length is its
+      cardinality; an infinite (`.repeat()`ed) dataset makes an infinite
+      dataset that needs `fit(..., steps_per_epoch=...)`. Works on every
+      backend; tf.data does its own prefetching, so `workers` > 1 only
+      overlaps the OT with the step.
+
+    Every batch is checked before it reaches the model: NaN/inf values, a
+    non-numeric dtype, a rank below 2, an empty batch, or a single-sample
+    batch with `ot=True` raise a `ValueError` naming the batch index (and
+    the first bad sample). Integer data is cast to float32.
+
+    Args:
+        data: NumPy array `(num_samples, ...)`, `keras.utils.PyDataset` or
+            `tf.data.Dataset` of clean samples.
+        batch_size: samples per batch for array data (default 32, as in
+            `fit`). Batched sources set their own batch size: leave it None.
+        ot: pair the noise by minibatch OT (True) or keep it independent.
+        seed: non-negative int seeding the noise and the shuffling.
+        shuffle: reshuffle array data every epoch (array data only).
+        drop_remainder: drop the last, smaller batch of array data (default
+            True: all batches have `batch_size` samples).
+        ot_group_size: pair within consecutive groups of this many samples
+            (e.g. the per-device batch under data parallelism, like the
+            authors' code); None pairs the whole batch.
+        workers: threads (or processes) preparing batches in parallel.
+        use_multiprocessing: use processes instead of threads (not with a
+            tf.data source).
+        max_queue_size: batches prepared ahead when `workers` > 1.
+
+    Example:
+
+    ```python
+    latents = np.load("latents.npy")  # (27000, 32, 32, 4), float32
+    batches = NoisePairedDataset(latents, batch_size=128, ot=True, seed=0)
+    model.fit(batches, epochs=1400, callbacks=[batches.epoch_callback()])
+    # Resuming at epoch 700 draws the interrupted run's noise and order:
+    model.fit(batches, epochs=1400, initial_epoch=700, callbacks=[batches.epoch_callback()])
+    ```
+
+    Reference: paper section 4.4 and fig. 3.
+    """
+
+    def __init__(
+        self,
+        data,
+        batch_size=None,
+        ot=True,
+        seed=0,
+        shuffle=True,
+        drop_remainder=True,
+        ot_group_size=None,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(
+            workers=workers,
+            use_multiprocessing=use_multiprocessing,
+            max_queue_size=max_queue_size,
+        )
+        self.ot = bool(ot)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.shuffle = bool(shuffle)
+        self._epoch = 0
+        self.ot_group_size = None
+        if ot_group_size is not None:
+            self.ot_group_size = check_int("ot_group_size", ot_group_size, minimum=2)
+
+        if isinstance(data, keras.utils.PyDataset):
+            self.source = "py_dataset"
+            self._check_no_batch_size(batch_size, "a keras.utils.PyDataset")
+            self.data = data
+            self._num_batches = data.num_batches
+            self.batch_size = None
+        elif _is_tf_dataset(data):
+            self.source = "tf_data"
+            self._check_no_batch_size(batch_size, "a tf.data.Dataset")
+            if use_multiprocessing:
+                raise ValueError(
+                    "A tf.data.Dataset source cannot be read from several processes; pass "
+                    "use_multiprocessing=False (tf.data prefetches by itself)."
+                )
+            self.data = data
+            self._stream = _TFDataStream(data)
+            self._num_batches = self._stream.num_batches
+            self.batch_size = None
+        else:
+            self.source = "array"
+            self.data = check_samples(data)
+            batch_size = 32 if batch_size is None else batch_size
+            self.batch_size = check_int("batch_size", batch_size, minimum=1)
+            count = len(self.data)
+            if drop_remainder:
+                self._num_batches = count // self.batch_size
+            else:
+                self._num_batches = math.ceil(count / self.batch_size)
+            if self._num_batches == 0:
+                raise ValueError(
+                    f"The data's {count} samples make no full batch of {self.batch_size}: lower "
+                    "`batch_size` or pass drop_remainder=False."
+                )
+            smallest_batch = self.batch_size
+            if not drop_remainder and count % self.batch_size:
+                smallest_batch = count % self.batch_size
+            if self.ot and smallest_batch == 1:
+                raise ValueError(
+                    "OT pairing needs batches of 2 or more samples, but "
+                    + (
+                        "`batch_size` is 1"
+                        if self.batch_size == 1
+                        else f"the last batch holds 1 sample ({count} samples)"
+                    )
+                    + ": a batch of 1 has nothing to pair. Use a larger `batch_size` "
+                    "(or drop_remainder=True), or pass ot=False."
+                )
+            self._order = self._epoch_order(0)
+        if self._num_batches == 0:
+            raise ValueError(
+                f"The {type(data).__name__} source holds no batches: there is no data to train on."
+            )
+
+    @property
+    def epoch(self):
+        """The epoch number keying the noise and the shuffling."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value):
+        self._epoch = check_int("epoch", value, minimum=0)
+        if self.source == "array":
+            self._order = self._epoch_order(self._epoch)
+
+    def epoch_callback(self):
+        """A callback for `fit` that keeps `epoch` equal to fit's epoch number.
+
+        Returns:
+            A `keras.callbacks.Callback` setting `self.epoch = epoch` in its
+            `on_epoch_begin(epoch)`, before the epoch's first batch is drawn.
+
+        Example:
+
+        ```python
+        model.fit(batches, epochs=10, callbacks=[batches.epoch_callback()])
+        ```
+        """
+        return _EpochSync(self)
+
+    @property
+    def num_batches(self):
+        """Batches per epoch; `None` for an infinite source."""
+        return self._num_batches
+
+    def __len__(self):
+        if self._num_batches is None:
+            raise TypeError(
+                "This NoisePairedDataset streams an infinite source and has no length; "
+                "pass `steps_per_epoch` to fit."
+            )
+        return self._num_batches
+
+    def __getitem__(self, index):
+        x0 = _checked_batch(self._clean_batch(index), index)
+        if self.ot and len(x0) == 1:
+            raise ValueError(
+                f"Batch {index} holds 1 sample: OT pairing needs 2 or more. Use larger batches, "
+                "or pass ot=False."
+            )
+        noise = _batch_noise(x0.shape, self.seed, self.epoch, index)
+        return x0, pair_noise(x0, noise, ot=self.ot, group_size=self.ot_group_size)
+
+    def on_epoch_begin(self):
+        if self.source == "py_dataset":
+            self.data.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        if self.source == "py_dataset":
+            self.data.on_epoch_end()
+
+    def _clean_batch(self, index):
+        if self.source == "array":
+            rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+            return np.asarray(self.data[rows])
+        if self.source == "py_dataset":
+            batch = self.data[index]
+        else:
+            batch = self._stream.next_batch()
+        if isinstance(batch, (tuple, list)):
+            if not batch:
+                raise ValueError(
+                    f"Batch {index} of the source is an empty tuple; expected x or (x, ...)."
+                )
+            batch = batch[0]
+        if isinstance(batch, dict):
+            raise ValueError(
+                f"Batch {index} of the source is a dict; NoisePairedDataset needs the samples "
+                "as an array x or a tuple (x, ...). Map the source to its samples first."
+            )
+        return _to_numpy(batch)
+
+    def _epoch_order(self, epoch):
+        count = len(self.data)
+        if not self.shuffle:
+            return np.arange(count)
+        key = np.random.SeedSequence(self.seed, spawn_key=(_SHUFFLE_STREAM, epoch))
+        return np.random.default_rng(key).permutation(count)
+
+    @staticmethod
+    def _check_no_batch_size(batch_size, source):
+        if batch_size is not None:
+            raise ValueError(
+                f"`batch_size` applies to array data only; {source} yields batches already "
+                f"(received batch_size={batch_size!r}). Batch the source itself and leave "
+                "`batch_size` unset."
+            )
+
+
+class _EpochSync(keras.callbacks.Callback):
+    """Sets a `NoisePairedDataset`'s epoch to fit's epoch number."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.epoch = epoch
+
+
+class _TFDataStream:
+    """Reads a `tf.data.Dataset` in order, restarting it whenever it runs out.
+
+    Thread-safe, for PyDataset workers. Batch indices are not positions: a
+    stream has no cheap random access, and `fit` asks for indices in shuffled
+    order.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        cardinality = int(dataset.cardinality())
+        if cardinality == _TF_UNKNOWN_CARDINALITY:
+            raise ValueError(
+                "The tf.data.Dataset has an unknown number of batches (e.g. after `filter`). "
+                "State it with `dataset.apply(tf.data.experimental.assert_cardinality(n))`, "
+                "or `.repeat()` the dataset and pass `steps_per_epoch` to fit."
+            )
+        self.num_batches = None if cardinality == _TF_INFINITE_CARDINALITY else cardinality
+        self._iterator = None
+        self._lock = threading.Lock()
+
+    def next_batch(self):
+        with self._lock:
+            if self._iterator is None:
+                self._iterator = self.dataset.as_numpy_iterator()
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                self._iterator = self.dataset.as_numpy_iterator()
+                return next(self._iterator)
+
+
+def _batch_noise(shape, seed, epoch, index):
+    """Standard normal float32 noise, a pure function of (seed, epoch, index)."""
+    key = np.random.SeedSequence(seed, spawn_key=(_NOISE_STREAM, int(epoch), int(index)))
+    return np.random.default_rng(key).standard_normal(shape, dtype=np.float32)
+
+
+def _is_tf_dataset(data):
+    # Detected by module name: importing TensorFlow just to check would cost seconds.
+    return hasattr(data, "as_numpy_iterator") and any(
+        cls.__module__.startswith("tensorflow.python.data") for cls in type(data).__mro__
+    )
+
+
+def _to_numpy(batch):
+    if type(batch).__module__.startswith("torch"):
+        batch = batch.detach().cpu()
+    return np.asarray(batch)
+
+
+def check_samples(data):
+    """Checks an array of samples once, up front, so training never starts on bad data.
+
+    Raises:
+        ValueError: for a non-real dtype, rank < 2, no samples, or NaN/inf
+            (naming the first bad sample).
+    """
+    if not _is_array_view(data):
+        data = np.asarray(data)
+    if not is_real_dtype(data.dtype):
+        raise ValueError(
+            f"The data has dtype {data.dtype}; NoisePairedDataset needs real numbers (float "
+            "or integer). Convert it, e.g. `data.astype('float32')`."
+        )
+    if len(data.shape) < 2:
+        raise ValueError(
+            f"The data has shape {data.shape}, of rank {len(data.shape)}; expected an array "
+            "(num_samples, ...) of rank >= 2. Reshape scalar samples to (num_samples, 1)."
+        )
+    if len(data) == 0:
+        raise ValueError(f"The data holds no samples (shape {data.shape}).")
+    if np.issubdtype(data.dtype, np.floating):
+        sample_size = max(1, math.prod(data.shape[1:]))
+        block = max(1, _SCAN_ELEMENTS // sample_size)
+        for start in range(0, len(data), block):
+            rows = np.asarray(data[start : start + block]).reshape(-1, sample_size)
+            finite = np.isfinite(rows).all(axis=1)
+            if not finite.all():
+                sample = start + int(np.argmin(finite))
+                raise ValueError(
+                    f"The data holds NaN or inf values, first in sample {sample}. Remove or "
+                    "repair those samples before training."
+                )
+    return data
+
+
+def _is_array_view(data):
+    """An array-like read row by row (a memory map, a lazy view), not converted whole."""
+    if isinstance(data, np.memmap):
+        return True
+    return not isinstance(data, np.ndarray) and all(
+        hasattr(data, attribute) for attribute in ("shape", "dtype", "__len__", "__getitem__")
+    ) and not type(data).__module__.startswith(("torch", "tensorflow", "jax"))  # jaxlib too
+
+
+def _checked_batch(x0, index):
+    """Checks one batch and returns it as float32."""
+    if not is_real_dtype(x0.dtype):
+        raise ValueError(
+            f"Batch {index} has dtype {x0.dtype}; NoisePairedDataset needs real numbers "
+            "(float or integer). Convert the source's samples, e.g. to float32."
+        )
+    if x0.ndim < 2:
+        raise ValueError(
+            f"Batch {index} has shape {x0.shape}, of rank {x0.ndim}; expected a batch "
+            "(batch_size, ...) of rank >= 2. Reshape scalar samples to (batch_size, 1)."
+        )
+    if len(x0) == 0:
+        raise ValueError(f"Batch {index} holds no samples (shape {x0.shape}).")
+    x0 = x0.astype(np.float32, copy=False)
+    finite = np.isfinite(x0.reshape(len(x0), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"Batch {index} holds NaN or inf values (or values beyond the float32 range), first "
+            f"in its sample {int(np.argmin(finite))}. Remove or repair those samples before "
+            "training."
+        )
+    return x0
