@@ -14,6 +14,8 @@ import keras
 import numpy as np
 
 from keras_lct import schedules
+from keras_lct._io import atomic_path
+from keras_lct.data.images import images_to_uint8
 
 
 def _require_consistency_model(callback):
@@ -106,22 +108,27 @@ class AdaptiveC(keras.callbacks.Callback):
 
 
 class SampleGrid(keras.callbacks.Callback):
-    """Writes a PNG grid of 1-step samples every `every_epochs` epochs.
+    """Writes PNG grids of samples every `every_epochs` epochs (and after the last).
 
     Args:
-        directory: where `samples_epoch_XXXX.png` files go (created).
+        directory: where `samples_epoch_XXXX.png` files go (created). With
+            several `steps`, one file per count: `samples_epoch_XXXX_1step.png`.
         every_epochs: interval between grids (>= 1).
         num_samples: grid size; a square number looks best.
         seed: the sampling seed, the same every time so grids are comparable.
-        steps: network evaluations per sample (1 or 2).
+        steps: network evaluations per sample (1 or 2), or a tuple of
+            entries, e.g. `(1, 2)` for the paper's 1-step and 2-step samples;
+            an entry may also be a list of noise levels (`ts` of
+            `ConsistencyModel.sample`), e.g. `(1, [80.0, 0.529])`.
         decode: optional function from a batch of samples (NumPy) to images
-            `(n, H, W, 1 or 3)` in [-1, 1], e.g. a VAE decoder for latents.
-            Without it the samples themselves are shown: 1 or 3 channels as
-            they are, others by their first 3 channels, each in [-1, 1].
+            `(n, H, W, 1 or 3)` in [-1, 1], e.g. a VAE decoder for latents
+            (see `keras_lct.data.decode_samples`). Without it the samples
+            themselves are shown: 1 or 3 channels as they are, others by their
+            first 3 channels, each in [-1, 1].
 
     Example:
     ```python
-    model.fit(x, callbacks=[SampleGrid("runs/samples", every_epochs=5)])
+    model.fit(x, callbacks=[SampleGrid("runs/samples", every_epochs=5, steps=(1, 2))])
     ```
     """
 
@@ -136,15 +143,86 @@ class SampleGrid(keras.callbacks.Callback):
         self.steps = steps
         self.decode = decode
         self.written = []
+        self._last_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_epochs:
-            return
-        samples = self.model.sample(self.num_samples, steps=self.steps, seed=self.seed)
-        images = self.decode(samples) if self.decode is not None else samples
-        path = os.path.join(self.directory, f"samples_epoch_{epoch + 1:04d}.png")
-        save_image_grid(images, path)
-        self.written.append(path)
+        self._last_epoch = epoch
+        if (epoch + 1) % self.every_epochs == 0:
+            self.write(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self._last_epoch is not None and (self._last_epoch + 1) % self.every_epochs:
+            self.write(self._last_epoch + 1)
+
+    def write(self, epoch):
+        """Writes the grid(s) of `epoch` now; returns their paths."""
+        entries = (self.steps,) if isinstance(self.steps, int) else tuple(self.steps)
+        paths = []
+        for entry in entries:
+            if isinstance(entry, int):
+                samples = self.model.sample(self.num_samples, steps=entry, seed=self.seed)
+            else:
+                samples = self.model.sample(self.num_samples, ts=entry, seed=self.seed)
+            images = self.decode(samples) if self.decode is not None else samples
+            count = entry if isinstance(entry, int) else len(entry)
+            suffix = "" if isinstance(self.steps, int) else f"_{count}step"
+            path = os.path.join(self.directory, f"samples_epoch_{epoch:04d}{suffix}.png")
+            save_image_grid(images, path)
+            paths.append(path)
+        self.written.extend(paths)
+        return paths
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Saves the whole model to one `.keras` file every `every_epochs` epochs, atomically.
+
+    The file holds everything `fit` needs to continue exactly: weights, EMA
+    weights, the step counter (hence N and c), the optimizer state and the
+    compile config. It is written to a temporary file and renamed, so an
+    interrupted save leaves the previous checkpoint intact. The last epoch
+    is always saved.
+
+    Args:
+        path: the `.keras` file.
+        every_epochs: interval between saves (>= 1).
+
+    Example:
+    ```python
+    model.fit(batches, epochs=100, callbacks=[Checkpoint("run/checkpoint.keras", every_epochs=5)])
+    model = keras.models.load_model("run/checkpoint.keras")     # resume
+    model.fit(batches, epochs=100, initial_epoch=int(model.training_step) // len(batches))
+    ```
+    """
+
+    def __init__(self, path, every_epochs=1):
+        super().__init__()
+        if not str(path).endswith(".keras"):
+            raise ValueError(f"A checkpoint path must end in `.keras`; received {path!r}.")
+        if not isinstance(every_epochs, int) or every_epochs < 1:
+            raise ValueError(f"`every_epochs` must be an integer >= 1; received {every_epochs!r}.")
+        self.path = path
+        self.every_epochs = every_epochs
+        self._last_epoch = None
+        self._saved_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if (epoch + 1) % self.every_epochs == 0:
+            self.save(epoch)
+
+    def on_train_end(self, logs=None):
+        if self._last_epoch is not None and self._saved_epoch != self._last_epoch:
+            self.save(self._last_epoch)
+
+    def save(self, epoch):
+        save_model_atomic(self.model, self.path)
+        self._saved_epoch = epoch
+
+
+def save_model_atomic(model, path):
+    """`model.save(path)` through a temporary file: `path` is the old or the whole new model."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
 
 
 def save_image_grid(images, path, columns=None):
@@ -170,7 +248,7 @@ def save_image_grid(images, path, columns=None):
         images = images[..., :3] if images.shape[-1] > 3 else images[..., :1]
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    pixels = np.clip(np.round((np.nan_to_num(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = images_to_uint8(np.nan_to_num(images))
     count, height, width, _ = pixels.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / columns))
@@ -178,6 +256,6 @@ def save_image_grid(images, path, columns=None):
     for index, image in enumerate(pixels):
         row, column = divmod(index, columns)
         grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(grid).save(temporary, format="PNG")
     return grid

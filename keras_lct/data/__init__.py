@@ -20,6 +20,7 @@ from keras_lct.data.images import images_to_uint8
 from keras_lct.data.images import images_to_unit_range
 from keras_lct.data.images import prepare_image
 from keras_lct.data.latents import LatentCache
+from keras_lct.data.latents import LatentDecoder
 from keras_lct.data.latents import LatentNormalization
 from keras_lct.data.latents import NormalizedLatents
 from keras_lct.data.latents import build_latent_cache

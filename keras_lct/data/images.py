@@ -82,7 +82,7 @@ def prepare_image(image, resolution):
         conversions.append("center-cropped to a square")
     if min(width, height) < resolution:
         conversions.append("upscaled")
-    elif (width, height) != (resolution, resolution):
+    elif min(width, height) > resolution:
         conversions.append("downscaled")
     while min(image.size) >= 2 * resolution:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)

@@ -262,6 +262,63 @@ class LatentCache:
         return NormalizedLatents(self.latents, self.mean, self.std, self.scaling_factor)
 
 
+class LatentDecoder:
+    """Turns a model's samples into images: denormalize, then the VAE decoder, in batches.
+
+    The decoder is compiled once (a functional model run by
+    `predict_on_batch`), so calling this every few epochs costs no retracing.
+
+    Args:
+        normalization: the `LatentNormalization` of the training latents
+            (e.g. `model.latent_normalization`).
+        autoencoder: the `keras_lct.vae.AutoencoderKL` the latents come from.
+        batch_size: latents per decoder call.
+
+    Call arguments:
+        samples: NumPy array `(n, h, w, c)` in the model's (normalized) space.
+        Returns float32 images `(n, H, W, 3)` in [-1, 1] (clipped).
+
+    Example:
+    ```python
+    decode = LatentDecoder(model.latent_normalization, vae)
+    images = decode(model.sample(16, steps=2, seed=0))
+    keras_lct.callbacks.save_image_grid(images, "samples.png")
+    ```
+    """
+
+    def __init__(self, normalization, autoencoder, batch_size=16):
+        if normalization is None:
+            raise ValueError(
+                "This model carries no latent normalization, so its samples cannot be decoded: "
+                "train it with `ConsistencyModel(..., latent_normalization=cache.normalization())`."
+            )
+        _check_same_autoencoder(normalization, autoencoder)
+        self.normalization = normalization
+        self.autoencoder = autoencoder
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        latents = keras.Input(tuple(normalization.mean.shape))
+        self._decoder = keras.Model(latents, autoencoder.decode(latents))
+
+    def __call__(self, samples):
+        latents = self.normalization.denormalize(samples)
+        images = [
+            ops.convert_to_numpy(self._decoder.predict_on_batch(latents[start : start + self.batch_size]))
+            for start in range(0, len(latents), self.batch_size)
+        ]
+        return np.clip(np.concatenate(images).astype(np.float32), -1.0, 1.0)
+
+
+def _check_same_autoencoder(normalization, autoencoder):
+    expected = normalization.autoencoder_fingerprint
+    if expected is not None and expected != autoencoder.fingerprint():
+        raise ValueError(
+            "The autoencoder given is not the one the model's latents were encoded with "
+            f"(fingerprint {autoencoder.fingerprint()[:12]}..., expected {expected[:12]}...; "
+            f"expected config: {normalization.autoencoder_config}). Decoding with another VAE gives "
+            "wrong images: pass the VAE weights used to build the latent cache."
+        )
+
+
 def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, shard_size=1024, verbose=1):
     """Encodes every image of `source` once into a latent cache folder; resumes if interrupted.
 

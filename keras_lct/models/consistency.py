@@ -85,6 +85,12 @@ class ConsistencyModel(keras.Model):
         sigma_min, sigma_max, sigma_data, rho: the noise process.
         p_mean, p_std: the lognormal timestep distribution.
         seed: seed of the training noise and timesteps (an int).
+        latent_normalization: optional `keras_lct.data.LatentNormalization`
+            of the latent data set the model is trained on. It is not used in
+            training (the data arrive normalized); it travels with the model,
+            so a saved `.keras` file knows how to turn its samples back into
+            VAE latents (`model.latent_normalization.denormalize(samples)`)
+            and which autoencoder decodes them.
         **kwargs: passed to `keras.Model`.
 
     Call arguments:
@@ -126,6 +132,7 @@ class ConsistencyModel(keras.Model):
         p_mean=schedules.P_MEAN,
         p_std=schedules.P_STD,
         seed=0,
+        latent_normalization=None,
         **kwargs,
     ):
         # Inputs stay float32 under mixed precision: sigma feeds c_noise.
@@ -161,6 +168,12 @@ class ConsistencyModel(keras.Model):
         self.p_std = check_positive("p_std", p_std)
         self.seed = check_int("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
+        if latent_normalization is not None and not isinstance(latent_normalization, keras.layers.Layer):
+            raise ValueError(
+                "`latent_normalization` must be a keras_lct.data.LatentNormalization layer or None; "
+                f"received {latent_normalization!r}."
+            )
+        self.latent_normalization = latent_normalization
         self.consistency_loss_tracker = keras.metrics.Mean(name="consistency_loss")
         self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
         self.num_scales_tracker = LatestValue(name="num_scales")
@@ -179,6 +192,14 @@ class ConsistencyModel(keras.Model):
                 out_channels=data_shape[-1],
             )
         self.data_shape = tuple(data_shape[1:])
+        if self.latent_normalization is not None:
+            if not self.latent_normalization.built:
+                self.latent_normalization.build(data_shape)
+            if tuple(self.latent_normalization.mean.shape) != self.data_shape:
+                raise ValueError(
+                    f"The latent normalization holds statistics of shape "
+                    f"{tuple(self.latent_normalization.mean.shape)}, but the data has shape {self.data_shape}."
+                )
         self._build_network(data_shape)
         self.data_dim = int(np.prod(self.data_shape))
         c0 = self.initial_c or schedules.ict_c0(self.data_dim)
@@ -543,6 +564,9 @@ class ConsistencyModel(keras.Model):
                 "p_mean": self.p_mean,
                 "p_std": self.p_std,
                 "seed": self.seed,
+                "latent_normalization": (
+                    None if self.latent_normalization is None else keras.layers.serialize(self.latent_normalization)
+                ),
             }
         )
         return config
@@ -552,6 +576,8 @@ class ConsistencyModel(keras.Model):
         config = dict(config)
         if isinstance(config.get("network"), dict):
             config["network"] = keras.layers.deserialize(config["network"])
+        if isinstance(config.get("latent_normalization"), dict):
+            config["latent_normalization"] = keras.layers.deserialize(config["latent_normalization"])
         return cls(**config)
 
 

@@ -1,0 +1,296 @@
+"""Train a latent consistency model on a folder of images: images -> latents -> model -> images.
+
+This is the one training entry point behind `celeba.py`, `ffhq.py` and
+`lsun_church.py` (which only set the paper's settings for their data set), and
+it trains on any folder of images of your own:
+
+    KERAS_BACKEND=torch python recipes/latent_training.py --images my_images/ \\
+        --vae weights/sd-vae-ft-ema --output runs/mine
+
+What one command does, and where it writes (all under --output):
+
+1. reads the images (center crop, resize; unreadable files skipped and
+   reported) and encodes them once with the Stable Diffusion VAE into a latent
+   cache (`latents/`; resumable, reused by later runs);
+2. trains the paper's model on the normalized latents with every technique on:
+   Cauchy loss, diffusion loss on the low-noise quarter, minibatch OT pairing,
+   the exponential curriculum with adaptive c, the NsLN UNet; RAdam, EMA;
+3. saves `checkpoint.keras` every --checkpoint-every epochs, PNG grids of
+   decoded 1-step and 2-step samples in `samples/`, TensorBoard logs in
+   `logs/`, and the final `lct.keras`.
+
+Rerunning the same command continues from the checkpoint (same step, N, c,
+EMA and optimizer state). `--smoke` runs the whole path on generated images and
+a tiny random VAE in about a minute on a CPU. `recipes/sample.py` turns the
+final model into images.
+
+Reference: paper section 5.1; REFERENCE.md "Training setup", "Latents".
+"""
+
+import argparse
+import json
+import math
+import os
+
+# The paper's settings per data set (REFERENCE.md "Training setup"); every one
+# can be overridden on the command line.
+DATASETS = {
+    "custom": dict(title="your images", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
+    "celeba": dict(title="CelebA-HQ 256", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
+    "ffhq": dict(title="FFHQ 256", resolution=256, batch_size=256, epochs=1400, flip=False, two_step_level=440),
+    "lsun_church": dict(title="LSUN Church 256", resolution=256, batch_size=256, epochs=1800, flip=True, two_step_level=420),
+}
+WHERE_TO_GET_IMAGES = {
+    "custom": "a folder of your own images",
+    "celeba": (
+        "CelebA-HQ at 256x256: the 30,000 images of Karras et al. (2018), built with the scripts of "
+        "github.com/tkarras/progressive_growing_of_gans or downloaded as a resized 256x256 copy; the "
+        "paper trains on 27,000 of them (hold 3,000 out for evaluation). tensorflow-datasets can also "
+        "build it offline from the manually downloaded files: --tfds celeb_a_hq/256 --tfds-manual-dir DIR"
+    ),
+    "ffhq": "FFHQ (github.com/NVlabs/ffhq-dataset): the 70,000 PNG images; any resolution >= 256 is resized",
+    "lsun_church": (
+        "LSUN church_outdoor train (github.com/fyu/lsun): export the LMDB to image files; flipped "
+        "copies are added by default (--no-flip to turn off)"
+    ),
+}
+WHERE_TO_GET_VAE = (
+    "the Stable Diffusion VAE of the paper, stabilityai/sd-vae-ft-ema: download config.json and "
+    "diffusion_pytorch_model.safetensors from https://huggingface.co/stabilityai/sd-vae-ft-ema into "
+    "a folder and pass --vae FOLDER (an original LDM/SD checkpoint, .safetensors or .ckpt, also works)"
+)
+# Settings that define a run: a checkpoint trained with others is not resumed.
+RUN_IDENTITY = (
+    "dataset", "resolution", "flip", "batch_size", "total_steps", "loss", "norm", "unet", "dropout", "ot",
+    "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
+)
+SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=16, checkpoint_every=1, grid_every=1,
+             encode_batch_size=8)
+
+
+def parse_args(dataset, argv=None):
+    defaults = DATASETS[dataset]
+    parser = argparse.ArgumentParser(
+        description=f"Train a latent consistency model on {defaults['title']} (paper section 5.1).\n\n" + __doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", help=f"folder of training images: {WHERE_TO_GET_IMAGES[dataset]}")
+    data.add_argument("--tfds", metavar="NAME", help="a tensorflow-datasets builder instead of --images, e.g. celeb_a_hq/256")
+    data.add_argument("--tfds-split", default="train", help="split of the --tfds builder (default: train)")
+    data.add_argument("--tfds-data-dir", help="tensorflow-datasets data folder")
+    data.add_argument("--tfds-manual-dir", help="folder of manually downloaded files for the --tfds builder")
+    data.add_argument("--resolution", type=int, default=defaults["resolution"], help="image side in pixels (default: %(default)s)")
+    data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=defaults["flip"],
+                      help="add horizontally flipped copies of every image (default: %(default)s)")
+    data.add_argument("--vae", help=f"autoencoder weights: {WHERE_TO_GET_VAE}")
+    data.add_argument("--vae-preset", help="autoencoder config of a single weights file (default: sd-vae-ft-ema)")
+    data.add_argument("--cache", help="latent cache folder (default: OUTPUT/latents)")
+    data.add_argument("--encode-batch-size", type=int, default=16, help="images per VAE call while encoding (default: %(default)s)")
+
+    training = parser.add_argument_group("training (defaults: the paper's)")
+    training.add_argument("--output", default=f"runs/{dataset}", help="run folder (default: %(default)s)")
+    training.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs (default: %(default)s)")
+    training.add_argument("--steps", type=int, help="training steps instead of --epochs (rounded up to whole epochs)")
+    training.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size (default: %(default)s)")
+    training.add_argument("--loss", default="cauchy", choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2"],
+                          help="robust distance (default: %(default)s)")
+    training.add_argument("--norm", default="nsln", choices=["nsln", "group", "instance", "layer", "rms"],
+                          help="normalization of the UNet (default: %(default)s)")
+    training.add_argument("--unet", default="celeba256", choices=["celeba256", "small", "tiny"],
+                          help="UNet preset (default: %(default)s, the paper's)")
+    training.add_argument("--dropout", type=float, default=0.0, help="dropout in the UNet blocks (default: %(default)s)")
+    training.add_argument("--ot", action=argparse.BooleanOptionalAction, default=True,
+                          help="pair noise and data by minibatch OT (default: %(default)s)")
+    training.add_argument("--diffusion-fraction", type=float, default=0.25,
+                          help="r: lowest-noise fraction of the grid with the diffusion loss, 0 = off (default: %(default)s)")
+    training.add_argument("--diffusion-weight", type=float, default=5.0, help="weight of the diffusion loss (default: %(default)s)")
+    training.add_argument("--c-schedule", default="paper", choices=["paper", "authors_code", "fixed"],
+                          help="robustness scale c: eq. 11's constants, the authors' code's, or fixed c0 (default: %(default)s)")
+    training.add_argument("--c0", type=float, help="initial (or fixed) c (default: 0.00054 sqrt(d))")
+    training.add_argument("--ema", type=float, nargs="+", default=[0.99993],
+                          help="EMA decay(s) kept for sampling, the first one used (default: %(default)s)")
+    training.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate (default: %(default)s)")
+    training.add_argument("--weight-decay", type=float, default=1e-4, help="RAdam coupled weight decay (default: %(default)s)")
+    training.add_argument("--seed", type=int, default=0, help="seed of the latents, noise and initialization (default: %(default)s)")
+
+    progress = parser.add_argument_group("checkpoints and progress")
+    progress.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (default: %(default)s)")
+    progress.add_argument("--grid-every", type=int, default=10, help="epochs between sample grids (default: %(default)s)")
+    progress.add_argument("--grid-samples", type=int, default=64, help="samples per grid (default: %(default)s)")
+    progress.add_argument("--two-step-level", type=int, default=defaults["two_step_level"],
+                          help="grid level (of 641) of the second sampling step (default: %(default)s)")
+    progress.add_argument("--stop-after-epochs", type=int,
+                          help="train at most this many epochs in this invocation, then exit (rerun to continue)")
+    progress.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="fit's verbosity (default: %(default)s)")
+    progress.add_argument("--smoke", action="store_true",
+                          help="the whole path on generated images and a tiny random VAE, in about a minute")
+    if parser.parse_known_args(argv)[0].smoke:
+        parser.set_defaults(output=f"runs/{dataset}-smoke", **SMOKE)
+    args = parser.parse_args(argv)
+    args.dataset = dataset
+    if not args.smoke and not (args.images or args.tfds):
+        parser.error(f"no training images. Pass --images FOLDER with {WHERE_TO_GET_IMAGES[dataset]}; "
+                     "or --tfds NAME; or --smoke to try the whole path on generated images.")
+    if not args.smoke and not args.vae:
+        parser.error(f"no autoencoder weights. Pass --vae with {WHERE_TO_GET_VAE}.")
+    if args.images and args.tfds:
+        parser.error("pass either --images or --tfds, not both.")
+    return args
+
+
+def main(dataset="custom", argv=None):
+    args = parse_args(dataset, argv)
+
+    import keras
+
+    import keras_lct
+    from keras_lct import callbacks as lct_callbacks
+    from keras_lct import data
+    from keras_lct import schedules
+    from keras_lct.models import ConsistencyModel
+    from keras_lct.models import UNet
+    from keras_lct.optimizers import RAdam
+    from keras_lct.vae import AutoencoderKL
+    from keras_lct.vae import load_autoencoder
+
+    print(f"keras-lct {keras_lct.__version__}, Keras {keras.__version__} on {keras.backend.backend()}: "
+          f"{DATASETS[dataset]['title']} -> {args.output}")
+    os.makedirs(args.output, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+
+    # ## 1. Images and the autoencoder.
+    if args.smoke:
+        args.images, args.vae = write_smoke_inputs(os.path.join(args.output, "smoke_inputs"), args, AutoencoderKL)
+    vae = load_autoencoder(args.vae, preset=args.vae_preset)
+    if args.tfds:
+        images = data.TFDSImages(args.tfds, args.resolution, split=args.tfds_split, data_dir=args.tfds_data_dir,
+                                 manual_dir=args.tfds_manual_dir, flip=args.flip)
+    else:
+        images = data.ImageFolder(args.images, args.resolution, flip=args.flip)
+
+    # ## 2. Latents: encoded once, memory-mapped, normalized per element.
+    cache = data.build_latent_cache(images, vae, args.cache or os.path.join(args.output, "latents"),
+                                    batch_size=args.encode_batch_size, seed=args.seed)
+    batches = data.NoisePairedDataset(cache.training_data(), batch_size=args.batch_size, ot=args.ot, seed=args.seed)
+    epochs = math.ceil(args.steps / len(batches)) if args.steps else args.epochs
+    total_steps = epochs * len(batches)
+    check_run_folder(args, total_steps, vae.fingerprint(), images.describe())
+
+    # ## 3. The model: a new one, or the checkpoint of this run.
+    checkpoint = os.path.join(args.output, "checkpoint.keras")
+    if os.path.exists(checkpoint):
+        model = keras.models.load_model(checkpoint)
+        print(f"Resuming {checkpoint} at step {int(model.training_step)} of {total_steps}.")
+    else:
+        latent_shape = cache.latents.shape[1:]
+        unet = UNet.from_preset(args.unet, img_resolution=latent_shape[0], in_channels=latent_shape[-1],
+                                out_channels=latent_shape[-1], norm=args.norm, dropout=args.dropout)
+        model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
+                                 diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
+                                 seed=args.seed, latent_normalization=cache.normalization())
+        model.build((None,) + latent_shape)
+        model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay))
+    initial_epoch = int(model.training_step) // len(batches)
+    final_epoch = epochs if args.stop_after_epochs is None else min(epochs, initial_epoch + args.stop_after_epochs)
+
+    # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs.
+    two_step = [schedules.SIGMA_MAX, float(schedules.karras_sigma(args.two_step_level, schedules.CURRICULUM_S1 + 1))]
+    training_callbacks = [
+        lct_callbacks.ExpCurriculum(total_steps),
+        lct_callbacks.Checkpoint(checkpoint, every_epochs=args.checkpoint_every),
+        lct_callbacks.SampleGrid(os.path.join(args.output, "samples"), every_epochs=args.grid_every,
+                                 num_samples=args.grid_samples, steps=(1, two_step),
+                                 decode=data.LatentDecoder(model.latent_normalization, vae)),
+    ]
+    if args.c_schedule != "fixed":
+        training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
+    training_callbacks.extend(tensorboard(os.path.join(args.output, "logs")))
+    if initial_epoch < final_epoch:
+        print(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({len(batches)} steps each, "
+              f"batch {args.batch_size}, {len(cache)} latents {cache.latents.shape[1:]}).")
+        model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
+                  verbose=args.verbose)
+
+    # ## 5. The final model, self-contained for sampling.
+    if final_epoch < epochs:
+        print(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
+        return
+    final = os.path.join(args.output, "lct.keras")
+    lct_callbacks.save_model_atomic(model, final)
+    print(f"Done: {final} (step {int(model.training_step)}). Samples in {os.path.join(args.output, 'samples')}; "
+          f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
+
+
+def check_run_folder(args, total_steps, vae_fingerprint, image_source):
+    """Writes run.json; refuses an output folder that holds another run."""
+    settings = {name: getattr(args, name) for name in RUN_IDENTITY if name != "total_steps"}
+    settings.update(total_steps=total_steps, vae_fingerprint=vae_fingerprint,
+                    images={key: value for key, value in image_source.items() if key != "path"})
+    path = os.path.join(args.output, "run.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            previous = json.load(file)
+        changed = [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in settings.items()
+                   if previous.get(key) != json.loads(json.dumps(value))]
+        if changed:
+            raise SystemExit(
+                f"error: {args.output} holds another run (its run.json differs in {'; '.join(changed)}). "
+                "Its checkpoint is not resumed and nothing in it is overwritten: pass another --output, "
+                "or delete the folder to start over."
+            )
+    from keras_lct._io import write_json_atomic
+
+    write_json_atomic(path, settings)
+
+
+def tensorboard(log_dir):
+    """Keras' TensorBoard callback, if TensorBoard and TensorFlow (its writer) are installed."""
+    try:
+        import tensorboard  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError:
+        print("TensorBoard logs need tensorboard and tensorflow-cpu installed (pip install "
+              "'keras-lct[data]' tensorflow-cpu); training without them.")
+        return []
+    import keras
+
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)]
+
+
+def write_smoke_inputs(folder, args, autoencoder_class):
+    """A tiny generated image set (with one of each kind of awkward file) and a tiny random VAE."""
+    import numpy as np
+    from PIL import Image
+
+    image_folder, vae_path = os.path.join(folder, "images"), os.path.join(folder, "vae.keras")
+    if not os.path.isdir(image_folder):
+        os.makedirs(image_folder)
+        rng = np.random.default_rng(args.seed)
+        size = args.resolution
+        rows, columns = np.mgrid[0:size, 0:size] / size
+        for index in range(40):
+            colors = rng.uniform(0, 255, size=(3, 3))
+            background = colors[0] * rows[..., None] + colors[1] * (1 - rows[..., None])
+            center, radius = rng.uniform(0.25, 0.75, 2), rng.uniform(0.1, 0.3)
+            disc = ((rows - center[0]) ** 2 + (columns - center[1]) ** 2) < radius**2
+            pixels = np.where(disc[..., None], colors[2], background).astype(np.uint8)
+            Image.fromarray(pixels).save(os.path.join(image_folder, f"shape_{index:03d}.png"))
+        Image.fromarray(pixels[..., 0]).save(os.path.join(image_folder, "grayscale.png"))
+        Image.fromarray(np.dstack([pixels, np.full((size, size), 128, np.uint8)])).save(
+            os.path.join(image_folder, "transparent.png"))
+        Image.fromarray(np.tile(pixels, (1, 2, 1))).save(os.path.join(image_folder, "wide.jpg"))
+        with open(os.path.join(image_folder, "broken.png"), "wb") as file:
+            file.write(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+    if not os.path.exists(vae_path):
+        from keras_lct.callbacks import save_model_atomic
+
+        vae = autoencoder_class.from_preset("tiny")
+        if not vae.built:
+            vae.build((None, args.resolution, args.resolution, 3))
+        save_model_atomic(vae, vae_path)
+    return image_folder, vae_path
+
+
+if __name__ == "__main__":
+    main()

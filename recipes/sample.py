@@ -1,0 +1,72 @@
+"""Sample images from a trained latent consistency model: 1 or 2 network calls, then the VAE decoder.
+
+    KERAS_BACKEND=jax python recipes/sample.py --model runs/celeba/lct.keras \
+        --vae weights/sd-vae-ft-ema --num 64 --steps 2 --out grid.png
+
+The `.keras` file written by the training recipes carries the latent statistics, the scaling
+factor and the identity of the VAE it was trained with; `--vae` must be that VAE (a diffusers
+folder, an LDM/SD checkpoint, or a `.keras` autoencoder), and a different one is refused. Writes a
+PNG grid (`--out`), or one PNG per image (`--out-dir`). Works on any backend, whatever backend the
+model was trained on; with the same --seed the samples are the same on every backend.
+
+Reference: paper table 1 (1 and 2 NFE); REFERENCE.md "Sampling".
+"""
+
+import argparse
+import os
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the trained model, e.g. runs/celeba/lct.keras")
+    parser.add_argument("--vae", required=True, help="the autoencoder the model's latents came from")
+    parser.add_argument("--vae-preset", help="autoencoder config of a single weights file (default: sd-vae-ft-ema)")
+    parser.add_argument("--num", type=int, default=64, help="number of images (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1, choices=[1, 2], help="network evaluations (default: %(default)s)")
+    parser.add_argument("--ts", type=float, nargs="+", help="noise levels of a multistep sampler instead of --steps, e.g. 80 0.8 0.2")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples per network call (default: %(default)s)")
+    parser.add_argument("--online", action="store_true", help="sample with the online weights instead of the EMA")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--out", default="samples.png", help="PNG grid to write (default: %(default)s)")
+    output.add_argument("--out-dir", help="folder to write one PNG per image into instead of a grid")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.exists(args.model):
+        raise SystemExit(f"error: no model at {args.model!r}; the training recipes write OUTPUT/lct.keras.")
+
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    import keras_lct  # noqa: F401  (registers the classes the model is made of)
+    from keras_lct._io import atomic_path
+    from keras_lct.callbacks import save_image_grid
+    from keras_lct.data import LatentDecoder
+    from keras_lct.data import images_to_uint8
+    from keras_lct.vae import load_autoencoder
+
+    model = keras.models.load_model(args.model, compile=False)
+    decode = LatentDecoder(model.latent_normalization, load_autoencoder(args.vae, preset=args.vae_preset),
+                           batch_size=args.batch_size)
+    how = f"levels {args.ts}" if args.ts else f"{args.steps} step(s)"
+    print(f"Sampling {args.num} images from {args.model} with {how} on {keras.backend.backend()}.")
+    samples = model.sample(args.num, steps=args.steps, ts=args.ts, seed=args.seed, batch_size=args.batch_size,
+                           ema=not args.online, verbose=1)
+    images = decode(samples)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        for index, image in enumerate(images_to_uint8(images)):
+            with atomic_path(os.path.join(args.out_dir, f"{index:06d}.png")) as temporary:
+                Image.fromarray(image).save(temporary, format="PNG")
+        print(f"Wrote {len(images)} images to {args.out_dir}.")
+    else:
+        save_image_grid(images, args.out)
+        print(f"Wrote {args.out} ({len(images)} images, {np.asarray(images).shape[1]}x{np.asarray(images).shape[2]} each).")
+
+
+if __name__ == "__main__":
+    main()
