@@ -64,7 +64,7 @@ RUN_IDENTITY = (
     "dataset", "resolution", "flip", "batch_size", "total_steps", "loss", "norm", "unet", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
 )
-SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=16, checkpoint_every=1, grid_every=1,
+SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 
 

@@ -405,3 +405,55 @@ def test_fit_keeps_paired_batches_on_fits_epochs():
     probe = keras.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: seen.append(batches.epoch))
     model.fit(batches, epochs=7, initial_epoch=5, verbose=0, callbacks=[probe])
     assert seen == [5] * 4 + [6] * 4
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    """Checkpoint at epoch 2, load, fit on: the same weights, EMA, N, c and optimizer state as one fit."""
+    from keras_lct.data import NoisePairedDataset
+
+    data = mixture(64)
+    total_steps = 4 * 4
+
+    def schedule():
+        return [callbacks.ExpCurriculum(total_steps), callbacks.AdaptiveC()]
+
+    keras.utils.set_random_seed(1)
+    straight = toy_model()
+    straight.fit(NoisePairedDataset(data, batch_size=16, seed=2), epochs=4, verbose=0, callbacks=schedule())
+
+    keras.utils.set_random_seed(1)
+    first = toy_model()
+    path = str(tmp_path / "checkpoint.keras")
+    checkpoint = callbacks.Checkpoint(path, every_epochs=3)  # epoch 2 saved by on_train_end
+    first.fit(NoisePairedDataset(data, batch_size=16, seed=2), epochs=2, verbose=0, callbacks=schedule() + [checkpoint])
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.keras"]
+    resumed = keras.models.load_model(path)
+    assert int(resumed.training_step) == 8
+    resumed.fit(NoisePairedDataset(data, batch_size=16, seed=2), epochs=4, initial_epoch=2, verbose=0, callbacks=schedule())
+
+    assert int(resumed.num_scales) == int(straight.num_scales) and int(resumed.optimizer.iterations) == 16
+    assert float(resumed.robustness_c) == pytest.approx(float(straight.robustness_c))
+    pairs = list(zip(resumed.weights, straight.weights)) + list(
+        zip(resumed.optimizer.variables, straight.optimizer.variables)
+    )
+    for mine, reference in pairs:
+        np.testing.assert_allclose(ops.convert_to_numpy(mine), ops.convert_to_numpy(reference), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="must end in `.keras`"):
+        callbacks.Checkpoint(str(tmp_path / "checkpoint.h5"))
+
+
+def test_sample_grid_with_several_step_counts_and_a_final_epoch(tmp_path):
+    model = ConsistencyModel(MLPDenoiser(12, width=16), ema_decays=())
+    model.build((None, 12))
+    model.compile(optimizer="adam")
+    grid = callbacks.SampleGrid(
+        str(tmp_path), every_epochs=2, num_samples=4, steps=(1, [80.0, 1.0, 0.1]), decode=lambda s: s.reshape(-1, 2, 2, 3)
+    )
+    model.fit(np.zeros((32, 12), "float32"), batch_size=16, epochs=3, verbose=0, callbacks=[grid])
+    assert [os.path.basename(path) for path in grid.written] == [
+        "samples_epoch_0002_1step.png",
+        "samples_epoch_0002_3step.png",
+        "samples_epoch_0003_1step.png",
+        "samples_epoch_0003_3step.png",
+    ]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]

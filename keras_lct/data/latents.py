@@ -412,7 +412,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
             if item.pixels is not None:
                 pending.append(item)
             if len(pending) == batch_size:
-                latents.append(_encode_batch(encoder, pending, seed, autoencoder.scaling_factor))
+                latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
                 indices.extend(image.index for image in pending)
                 pending = []
             done += 1
@@ -420,7 +420,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
                 rate = (done - already_done) / max(time.perf_counter() - started, 1e-9)
                 progress.update(done, [("images/s", rate)])
         if pending:
-            latents.append(_encode_batch(encoder, pending, seed, autoencoder.scaling_factor))
+            latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
             indices.extend(image.index for image in pending)
         encoded += len(indices)
         shard_latents = np.concatenate(latents) if latents else np.zeros((0,) + latent_shape, np.float32)
@@ -446,11 +446,18 @@ def _compiled_encoder(autoencoder, resolution):
     return keras.Model(images, autoencoder.encode(images))
 
 
-def _encode_batch(encoder, items, seed, scaling_factor):
+def _encode_batch(autoencoder, encoder, items, seed, batch_size):
     images = images_to_unit_range(np.stack([item.pixels for item in items]))
-    mean, logvar = (np.asarray(ops.convert_to_numpy(value), np.float32) for value in encoder.predict_on_batch(images))
+    # A short batch is padded to the full size: one compiled shape for the whole run.
+    padded = np.concatenate([images, np.zeros((batch_size - len(items),) + images.shape[1:], np.float32)])
+    mean, logvar = (
+        np.asarray(ops.convert_to_numpy(value), np.float32)[: len(items)] for value in encoder.predict_on_batch(padded)
+    )
     noise = np.stack([_posterior_noise(mean.shape[1:], seed, item.index) for item in items])
-    return ((mean + np.exp(0.5 * logvar) * noise) * scaling_factor).astype(np.float32)
+    sample = ops.convert_to_numpy(
+        autoencoder.sample_posterior(ops.convert_to_tensor(mean), ops.convert_to_tensor(logvar), noise)
+    )
+    return (sample * autoencoder.scaling_factor).astype(np.float32)
 
 
 def _posterior_noise(shape, seed, index):

@@ -519,7 +519,10 @@ class ConsistencyModel(keras.Model):
         NumPy data is checked for NaN/inf before the first step. A
         `keras_lct.data.NoisePairedDataset` gets its `epoch_callback()`
         added, so its noise and order follow fit's epochs (and resume
-        exactly with `initial_epoch`).
+        exactly with `initial_epoch`), and `shuffle` defaults to False: the
+        dataset shuffles its samples itself, keyed by (seed, epoch), whereas
+        fit's shuffle of the batch order draws from Python's global random
+        state, which a resumed run does not share.
         """
         from keras_lct.data.paired import NoisePairedDataset
         from keras_lct.data.paired import check_samples
@@ -532,6 +535,8 @@ class ConsistencyModel(keras.Model):
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
                 callbacks.insert(0, x.epoch_callback())
             kwargs["callbacks"] = callbacks
+            if len(args) < 7:  # `shuffle` is the 7th argument after x and y
+                kwargs.setdefault("shuffle", False)
         return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization

@@ -1,0 +1,200 @@
+"""Latent caches: encoded values, statistics, resuming, refusing other encodings, normalization."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_lct import data
+from keras_lct.models import ConsistencyModel
+from keras_lct.models import MLPDenoiser
+from keras_lct.vae import AutoencoderKL
+
+RESOLUTION = 16
+
+
+def tiny_vae(**overrides):
+    """f2: 16x16 images -> 8x8x4 latents, fast on every backend."""
+    return AutoencoderKL(**dict(dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4), **overrides))
+
+
+def write_images(folder, count, corrupt=()):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        path = os.path.join(folder, f"{index:03d}.png")
+        if index in corrupt:
+            with open(path, "wb") as file:
+                file.write(b"garbage")
+        else:
+            Image.fromarray(rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)).save(path)
+    return data.ImageFolder(folder, RESOLUTION)
+
+
+def expected_latents(vae, images, seed):
+    """z = (mean + exp(logvar / 2) * eps) * s, computed directly, eps from (seed, image index)."""
+    items = [item for item in images.iter_images() if item.pixels is not None]
+    pixels = np.stack([item.pixels for item in items]).astype("float32")
+    mean, logvar = (keras.ops.convert_to_numpy(value) for value in vae.encode(pixels / 127.5 - 1.0))
+    noise = np.stack(
+        [
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(item.index,))).standard_normal(
+                mean.shape[1:], dtype=np.float32
+            )
+            for item in items
+        ]
+    )
+    return (mean + np.exp(logvar / 2) * noise) * vae.scaling_factor
+
+
+def test_cache_holds_posterior_samples_and_their_statistics(tmp_path):
+    images = write_images(tmp_path / "images", 11, corrupt=(4,))
+    vae = tiny_vae()
+    cache = data.build_latent_cache(images, vae, tmp_path / "cache", batch_size=4, seed=3, shard_size=5, verbose=0)
+    expected = expected_latents(vae, images, seed=3)
+    assert isinstance(cache.latents, np.memmap) and cache.latents.shape == (10, 8, 8, 4)
+    np.testing.assert_allclose(cache.latents, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(cache.index, [0, 1, 2, 3, 5, 6, 7, 8, 9, 10])
+    unscaled = expected.astype(np.float64) / vae.scaling_factor
+    np.testing.assert_allclose(cache.mean, unscaled.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cache.std, unscaled.std(axis=0, ddof=1), rtol=1e-4, atol=1e-5)
+    assert cache.report.read == 10 and cache.report.skipped[0][0] == "004.png"
+    assert sorted(os.listdir(tmp_path / "cache")) == ["cache.json", "latents.npy", "report.json", "statistics.npz"]
+    info = json.loads((tmp_path / "cache" / "cache.json").read_text())
+    assert info["complete"] and info["autoencoder_fingerprint"] == vae.fingerprint()
+    assert info["autoencoder_config"]["block_out_channels"] == [8, 16]
+
+
+def test_normalized_view_feeds_paired_batches_without_a_copy(tmp_path):
+    images = write_images(tmp_path / "images", 8)
+    cache = data.build_latent_cache(images, tiny_vae(), tmp_path / "cache", verbose=0)
+    view = cache.training_data()
+    expected = (np.asarray(cache.latents) / cache.scaling_factor - cache.mean) / cache.std * 0.5
+    np.testing.assert_allclose(view[np.array([3, 1])], expected[[3, 1]], rtol=1e-5, atol=1e-6)
+    assert view.shape == (8, 8, 8, 4) and len(view) == 8
+    # Normalized per element: mean 0 and std 0.5 (n - 1) over the data set.
+    np.testing.assert_allclose(expected.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(expected.std(axis=0, ddof=1), 0.5, rtol=1e-4)
+    batches = data.NoisePairedDataset(view, batch_size=4, seed=0)
+    assert batches.data is view
+    x0, noise = batches[0]
+    assert x0.shape == noise.shape == (4, 8, 8, 4) and x0.dtype == np.float32
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptedSource:
+    """Wraps an image source and raises after `limit` images, like a killed run."""
+
+    def __init__(self, source, limit):
+        self.source, self.limit, self.resolution = source, limit, source.resolution
+
+    def __len__(self):
+        return len(self.source)
+
+    def describe(self):
+        return self.source.describe()
+
+    def iter_images(self, start=0, stop=None):
+        for item in self.source.iter_images(start, stop):
+            if item.index >= self.limit:
+                raise Interrupt
+            yield item
+
+
+def test_an_interrupted_encoding_resumes_to_the_same_cache(tmp_path):
+    images = write_images(tmp_path / "images", 12)
+    vae = tiny_vae()
+    reference = data.build_latent_cache(images, vae, tmp_path / "reference", shard_size=4, verbose=0)
+    with pytest.raises(Interrupt):
+        data.build_latent_cache(InterruptedSource(images, 9), vae, tmp_path / "cache", shard_size=4, verbose=0)
+    assert sorted(name for name in os.listdir(tmp_path / "cache") if name.startswith("shard")) == [
+        "shard_00000.npz",
+        "shard_00001.npz",
+    ]
+    with pytest.raises(ValueError, match="incomplete"):
+        data.LatentCache(tmp_path / "cache")
+    resumed = data.build_latent_cache(images, vae, tmp_path / "cache", shard_size=4, verbose=0)
+    np.testing.assert_array_equal(resumed.latents, reference.latents)
+    np.testing.assert_array_equal(resumed.std, reference.std)
+
+
+def test_a_finished_cache_is_reused_and_another_encoding_refused(tmp_path):
+    images = write_images(tmp_path / "images", 6)
+    vae = tiny_vae()
+    first = data.build_latent_cache(images, vae, tmp_path / "cache", verbose=0)
+    stamp = os.path.getmtime(tmp_path / "cache" / "latents.npy")
+    again = data.build_latent_cache(images, vae, tmp_path / "cache", verbose=0)
+    assert os.path.getmtime(tmp_path / "cache" / "latents.npy") == stamp
+    np.testing.assert_array_equal(again.latents, first.latents)
+
+    with pytest.raises(ValueError, match="another autoencoder"):
+        data.build_latent_cache(images, tiny_vae(), tmp_path / "cache", verbose=0)
+    with pytest.raises(ValueError, match="another image resolution"):
+        data.build_latent_cache(data.ImageFolder(tmp_path / "images", 8), vae, tmp_path / "cache", verbose=0)
+    with pytest.raises(ValueError, match="another seed"):
+        data.build_latent_cache(images, vae, tmp_path / "cache", seed=1, verbose=0)
+    Image.fromarray(np.zeros((RESOLUTION, RESOLUTION, 3), np.uint8)).save(tmp_path / "images" / "new.png")
+    with pytest.raises(ValueError, match="other images.*another cache folder"):
+        data.build_latent_cache(data.ImageFolder(tmp_path / "images", RESOLUTION), vae, tmp_path / "cache", verbose=0)
+    with pytest.raises(ValueError, match="encoded by another autoencoder"):
+        data.LatentCache(tmp_path / "cache", autoencoder_fingerprint=tiny_vae().fingerprint())
+    # Nothing of the refused runs touched the cache.
+    assert os.path.getmtime(tmp_path / "cache" / "latents.npy") == stamp
+    with pytest.raises(FileNotFoundError, match="No latent cache"):
+        data.LatentCache(tmp_path / "empty")
+
+
+def test_too_few_readable_images_and_a_bad_resolution_are_clear_errors(tmp_path):
+    images = write_images(tmp_path / "images", 3, corrupt=(0, 1))
+    with pytest.raises(ValueError, match="(?s)Only 1 readable image.*skipped 000.png"):
+        data.build_latent_cache(images, tiny_vae(), tmp_path / "cache", verbose=0)
+    odd = data.ImageFolder(tmp_path / "images", 15)
+    with pytest.raises(ValueError, match="not divisible by the autoencoder's downsampling factor 2"):
+        data.build_latent_cache(odd, tiny_vae(), tmp_path / "odd", verbose=0)
+
+
+def test_latent_normalization_layer_round_trip_and_model_file(tmp_path):
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(12,)).astype("float32")
+    std = rng.uniform(0.5, 2.0, size=(12,)).astype("float32")
+    layer = data.LatentNormalization(scaling_factor=0.2, autoencoder_fingerprint="abc", autoencoder_config={"a": 1})
+    layer.set_statistics(mean, std)
+    z = rng.normal(size=(5, 12)).astype("float32")
+    x = keras.ops.convert_to_numpy(layer(z))
+    np.testing.assert_allclose(x, (z / 0.2 - mean) / std * 0.5, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.denormalize(x), z / 0.2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="std > 0"):
+        layer.set_statistics(mean, np.zeros_like(std))
+
+    model = ConsistencyModel(MLPDenoiser(12, width=8), ema_decays=(), latent_normalization=layer)
+    model.build((None, 12))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    restored = loaded.latent_normalization
+    assert restored.autoencoder_fingerprint == "abc" and restored.autoencoder_config == {"a": 1}
+    np.testing.assert_allclose(restored.denormalize(x), z / 0.2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="statistics of shape \\(12,\\), but the data has shape \\(6,\\)"):
+        ConsistencyModel(MLPDenoiser(6, width=8), latent_normalization=layer).build((None, 6))
+
+
+def test_latent_decoder_decodes_and_refuses_another_vae(tmp_path):
+    images = write_images(tmp_path / "images", 6)
+    vae = tiny_vae()
+    cache = data.build_latent_cache(images, vae, tmp_path / "cache", verbose=0)
+    decode = data.LatentDecoder(cache.normalization(), vae, batch_size=4)
+    x = cache.training_data()[:6]
+    decoded = decode(x)
+    direct = keras.ops.convert_to_numpy(vae.decode(np.asarray(cache.latents[:6]) / vae.scaling_factor))
+    np.testing.assert_allclose(decoded, np.clip(direct, -1, 1), rtol=1e-4, atol=1e-4)
+    assert decoded.shape == (6, RESOLUTION, RESOLUTION, 3)
+    with pytest.raises(ValueError, match="not the one the model's latents were encoded with"):
+        data.LatentDecoder(cache.normalization(), tiny_vae())
+    with pytest.raises(ValueError, match="carries no latent normalization"):
+        data.LatentDecoder(None, vae)

@@ -1,0 +1,111 @@
+"""The recipes as a user runs them: --help, missing inputs, and the whole --smoke path on this backend."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_lct  # noqa: F401  (registers the classes of the saved models)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_RECIPES = ["celeba.py", "ffhq.py", "lsun_church.py", "latent_training.py"]
+
+
+def run_recipe(script, *args, timeout=600):
+    environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "recipes", script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.parametrize("script", TRAINING_RECIPES + ["sample.py"])
+def test_every_recipe_documents_its_options(script):
+    result = run_recipe(script, "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in ("--vae", "--seed") + (("--images", "--smoke", "--epochs", "--loss", "--norm", "--ot") if script != "sample.py" else ("--model", "--steps", "--out-dir")):
+        assert option in result.stdout
+
+
+def test_missing_images_or_weights_say_what_to_get(tmp_path):
+    result = run_recipe("celeba.py", timeout=120)
+    assert result.returncode == 2
+    assert "no training images" in result.stderr and "CelebA-HQ" in result.stderr and "--smoke" in result.stderr
+    result = run_recipe("celeba.py", "--images", tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "sd-vae-ft-ema" in result.stderr and "diffusion_pytorch_model.safetensors" in result.stderr
+    result = run_recipe("celeba.py", "--images", tmp_path / "nowhere", "--vae", tmp_path / "vae", "--output", tmp_path / "run")
+    assert result.returncode != 0 and "FileNotFoundError" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke run, interrupted after its first epoch and resumed by the same command."""
+    output = tmp_path_factory.mktemp("smoke") / "run"
+    first = run_recipe("celeba.py", "--smoke", "--output", output, "--stop-after-epochs", "1")
+    second = run_recipe("celeba.py", "--smoke", "--output", output)
+    return output, first, second
+
+
+def test_smoke_run_goes_from_images_to_a_model_and_resumes(smoke_run):
+    output, first, second = smoke_run
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 skipped" in first.stdout and "broken.png" in first.stdout
+    assert "Stopped after epoch 1 of 2" in first.stdout
+    assert "reused" in second.stdout and "Resuming" in second.stdout and "at step 5 of 10" in second.stdout
+    for name in ("checkpoint.keras", "lct.keras", "run.json", "latents/latents.npy", "latents/report.json"):
+        assert os.path.exists(output / name), name
+    assert not [name for name in os.listdir(output) if name.startswith(".")]  # no temporary files left
+    grids = sorted(os.listdir(output / "samples"))
+    assert "samples_epoch_0002_1step.png" in grids and "samples_epoch_0002_2step.png" in grids
+    assert Image.open(output / "samples" / "samples_epoch_0002_2step.png").size == (3 * 128, 3 * 128)
+    assert os.listdir(output / "logs")
+
+    model = keras.models.load_model(output / "lct.keras")
+    assert int(model.training_step) == 10 and int(model.optimizer.iterations) == 10
+    assert int(model.num_scales) > 11  # the curriculum went on across the resume
+    assert model.latent_normalization.autoencoder_fingerprint is not None
+    assert all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(smoke_run):
+    output, *_ = smoke_run
+    stamp = os.path.getmtime(output / "checkpoint.keras")
+    again = run_recipe("celeba.py", "--smoke", "--output", output)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Training epochs" not in again.stdout and "Done" in again.stdout
+    other = run_recipe("celeba.py", "--smoke", "--output", output, "--batch-size", "4")
+    assert other.returncode != 0
+    assert "holds another run" in other.stderr and "batch_size: 8 -> 4" in other.stderr
+    assert os.path.getmtime(output / "checkpoint.keras") == stamp
+    assert json.loads((output / "run.json").read_text())["batch_size"] == 8
+
+
+def test_sample_recipe_writes_a_grid_or_files_and_checks_the_vae(smoke_run, tmp_path):
+    output, *_ = smoke_run
+    vae = output / "smoke_inputs" / "vae.keras"
+    grid = tmp_path / "grid.png"
+    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 6, "--steps", 2, "--out", grid)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(grid).size == (3 * 128, 2 * 128)
+    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 3, "--out-dir", tmp_path / "each")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(tmp_path / "each")) == ["000000.png", "000001.png", "000002.png"]
+
+    from keras_lct.callbacks import save_model_atomic
+    from keras_lct.vae import AutoencoderKL
+
+    keras.utils.set_random_seed(123)  # the recipe's VAE was drawn with seed 0
+    save_model_atomic(AutoencoderKL.from_preset("tiny"), tmp_path / "other_vae.keras")
+    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", tmp_path / "other_vae.keras", "--out", grid)
+    assert result.returncode != 0 and "not the one the model's latents were encoded with" in result.stderr
