@@ -193,6 +193,10 @@ def main(dataset="custom", argv=None):
         model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay))
     initial_epoch = int(model.training_step) // len(batches)
     final_epoch = epochs if args.stop_after_epochs is None else min(epochs, initial_epoch + args.stop_after_epochs)
+    final = os.path.join(args.output, "lct.keras")
+    if initial_epoch >= epochs and os.path.exists(final):
+        print(f"Already trained: {final} (step {int(model.training_step)}); nothing to do.")
+        return
 
     # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs.
     two_step = [schedules.SIGMA_MAX, float(schedules.karras_sigma(args.two_step_level, schedules.CURRICULUM_S1 + 1))]
@@ -216,7 +220,6 @@ def main(dataset="custom", argv=None):
     if final_epoch < epochs:
         print(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
         return
-    final = os.path.join(args.output, "lct.keras")
     lct_callbacks.save_model_atomic(model, final)
     print(f"Done: {final} (step {int(model.training_step)}). Samples in {os.path.join(args.output, 'samples')}; "
           f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import keras_lct  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
-from keras_lct.coupling import NoisePairedDataset  # noqa: E402
+from keras_lct.data import NoisePairedDataset  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import MLPDenoiser  # noqa: E402
 

@@ -83,7 +83,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(smok
     stamp = os.path.getmtime(output / "checkpoint.keras")
     again = run_recipe("celeba.py", "--smoke", "--output", output)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "Training epochs" not in again.stdout and "Done" in again.stdout
+    assert "Training epochs" not in again.stdout and "Already trained" in again.stdout
     other = run_recipe("celeba.py", "--smoke", "--output", output, "--batch-size", "4")
     assert other.returncode != 0
     assert "holds another run" in other.stderr and "batch_size: 8 -> 4" in other.stderr
