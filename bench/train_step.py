@@ -25,6 +25,8 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    parser.add_argument("--dtype-policy", default="float32", help="Keras dtype policy, e.g. mixed_bfloat16 (default: float32)")
+    parser.add_argument("--ot", choices=["both", "on", "off"], default="both", help="OT pairing settings to time (default: both)")
     parser.add_argument("--output", help="also write the JSON here")
     return parser.parse_args()
 
@@ -57,6 +59,7 @@ class StepTimer(keras.callbacks.Callback):
 
 def measure(preset, ot):
     keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(args.dtype_policy)
     network = UNet.from_preset(preset)
     model = ConsistencyModel(network)
     model.build((None, 32, 32, 4))
@@ -72,6 +75,7 @@ def measure(preset, ot):
     return {
         "preset": preset,
         "ot": ot,
+        "dtype_policy": args.dtype_policy,
         "parameters": int(sum(np.prod(v.shape) for v in network.trainable_variables)),
         "batch_size": args.batch_size,
         "timed_steps": args.steps,
@@ -95,15 +99,32 @@ def ot_pairing_seconds(repeats=20):
     return statistics.median(durations)
 
 
+def accelerator():
+    """The GPU/TPU the backend runs on, or None on CPU."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    return ", ".join(device.name for device in tf.config.list_physical_devices("GPU")) or None
+
+
 results = {
     "backend": keras.backend.backend(),
     "keras": keras.__version__,
     "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+    "accelerator": accelerator(),
     "median_ot_pairing_seconds_per_batch": ot_pairing_seconds(),
     "runs": [],
 }
 for preset in args.presets:
-    for ot in (False, True):
+    for ot in {"both": (False, True), "on": (True,), "off": (False,)}[args.ot]:
         run = measure(preset, ot)
         print(f"{results['backend']} {preset} ot={ot}: {run['steps_per_second']:.3f} steps/s, {run['samples_per_second']:.1f} samples/s", flush=True)
         results["runs"].append(run)

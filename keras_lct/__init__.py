@@ -14,3 +14,4 @@ from keras_lct import losses
 from keras_lct import models
 from keras_lct import optimizers
 from keras_lct import schedules
+from keras_lct import vae
