@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 
@@ -48,19 +49,8 @@ from keras_lct.vae import VAE_PRESETS  # noqa: E402
 from keras_lct.vae import AutoencoderKL  # noqa: E402
 from keras_lct.vae import set_diffusers_weights  # noqa: E402
 
-
-def random_reference(config):
-    levels = len(config["block_out_channels"])
-    torch.manual_seed(0)
-    reference = diffusers.AutoencoderKL(
-        **config, down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels
-    ).eval()
-    with torch.no_grad():
-        for name, parameter in reference.named_parameters():
-            if parameter.ndim == 1:
-                offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                parameter.copy_(offset + 0.2 * torch.randn_like(parameter))
-    return reference
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from test_vae import random_reference  # noqa: E402  (the tests' reference: every parameter random)
 
 
 def errors(actual, expected):
@@ -83,7 +73,7 @@ def median_seconds(function, repeats):
 
 
 config = VAE_PRESETS[args.preset]
-reference = random_reference(config)
+reference = random_reference(config, seed=0)
 start = time.perf_counter()
 autoencoder = AutoencoderKL(**config)
 construction_seconds = time.perf_counter() - start
