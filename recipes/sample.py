@@ -6,7 +6,7 @@
 The `.keras` file written by the training recipes carries the latent statistics, the scaling
 factor and the identity of the VAE it was trained with; `--vae` must be that VAE (a diffusers
 folder, an LDM/SD checkpoint, or a `.keras` autoencoder), and a different one is refused. Writes a
-PNG grid (`--out`), or one PNG per image (`--out-dir`). Works on any backend, whatever backend the
+PNG grid (`--out`), one PNG per image (`--out-dir`), or both. Works on any backend, whatever backend the
 model was trained on; with the same --seed the samples are the same on every backend.
 
 Reference: paper table 1 (1 and 2 NFE); REFERENCE.md "Sampling".
@@ -27,10 +27,12 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per network call (default: %(default)s)")
     parser.add_argument("--online", action="store_true", help="sample with the online weights instead of the EMA")
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument("--out", default="samples.png", help="PNG grid to write (default: %(default)s)")
-    output.add_argument("--out-dir", help="folder to write one PNG per image into instead of a grid")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", help="PNG grid to write (default: samples.png unless --out-dir is given)")
+    parser.add_argument("--out-dir", help="folder to write one PNG per image into (with or without a grid)")
+    args = parser.parse_args(argv)
+    if args.out is None and args.out_dir is None:
+        args.out = "samples.png"
+    return args
 
 
 def main(argv=None):
@@ -63,7 +65,7 @@ def main(argv=None):
             with atomic_path(os.path.join(args.out_dir, f"{index:06d}.png")) as temporary:
                 Image.fromarray(image).save(temporary, format="PNG")
         print(f"Wrote {len(images)} images to {args.out_dir}.")
-    else:
+    if args.out:
         save_image_grid(images, args.out)
         print(f"Wrote {args.out} ({len(images)} images, {np.asarray(images).shape[1]}x{np.asarray(images).shape[2]} each).")
 

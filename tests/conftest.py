@@ -1,8 +1,14 @@
 """Shared pytest setup: one pytest run per KERAS_BACKEND (see the Makefile)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# JAX keeps every compiled program on disk (here and in the recipes' subprocesses): tests build
+# many models of the same shapes, which then compile once per machine instead of once per test.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "keras-lct-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import keras
 import pytest
