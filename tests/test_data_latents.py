@@ -89,10 +89,11 @@ class Interrupt(Exception):
 
 
 class InterruptedSource:
-    """Wraps an image source and raises after `limit` images, like a killed run."""
+    """Wraps an image source and raises after `limit` images, like a killed run; counts its passes."""
 
-    def __init__(self, source, limit):
+    def __init__(self, source, limit=None):
         self.source, self.limit, self.resolution = source, limit, source.resolution
+        self.passes = []
 
     def __len__(self):
         return len(self.source)
@@ -101,8 +102,9 @@ class InterruptedSource:
         return self.source.describe()
 
     def iter_images(self, start=0, stop=None):
+        self.passes.append((start, stop))
         for item in self.source.iter_images(start, stop):
-            if item.index >= self.limit:
+            if self.limit is not None and item.index >= self.limit:
                 raise Interrupt
             yield item
 
@@ -110,7 +112,9 @@ class InterruptedSource:
 def test_an_interrupted_encoding_resumes_to_the_same_cache(tmp_path):
     images = write_images(tmp_path / "images", 12)
     vae = tiny_vae()
-    reference = data.build_latent_cache(images, vae, tmp_path / "reference", shard_size=4, verbose=0)
+    counted = InterruptedSource(images)
+    reference = data.build_latent_cache(counted, vae, tmp_path / "reference", shard_size=4, verbose=0)
+    assert counted.passes == [(0, 12)]  # one pass over a streamed source, not one per shard
     with pytest.raises(Interrupt):
         data.build_latent_cache(InterruptedSource(images, 9), vae, tmp_path / "cache", shard_size=4, verbose=0)
     assert sorted(name for name in os.listdir(tmp_path / "cache") if name.startswith("shard")) == [
@@ -119,7 +123,9 @@ def test_an_interrupted_encoding_resumes_to_the_same_cache(tmp_path):
     ]
     with pytest.raises(ValueError, match="incomplete"):
         data.LatentCache(tmp_path / "cache")
-    resumed = data.build_latent_cache(images, vae, tmp_path / "cache", shard_size=4, verbose=0)
+    resuming = InterruptedSource(images)
+    resumed = data.build_latent_cache(resuming, vae, tmp_path / "cache", shard_size=4, verbose=0)
+    assert resuming.passes == [(8, 12)]
     np.testing.assert_array_equal(resumed.latents, reference.latents)
     np.testing.assert_array_equal(resumed.std, reference.std)
 

@@ -22,6 +22,7 @@ Reference: `REFERENCE.md` "Latents"; paper section 5.1.
 """
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -393,7 +394,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
 
     encoder = _compiled_encoder(autoencoder, source.resolution)
     num_shards = math.ceil(len(source) / shard_size)
-    missing = [shard for shard in range(num_shards) if not os.path.exists(_shard_path(directory, shard))]
+    missing = {shard for shard in range(num_shards) if not os.path.exists(_shard_path(directory, shard))}
     progress = keras.utils.Progbar(len(source), unit_name="image", stateful_metrics=["images/s"]) if verbose else None
     done = already_done = len(source) - sum(min(shard_size, len(source) - shard * shard_size) for shard in missing)
     if verbose:
@@ -403,11 +404,15 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
         )
         progress.update(done)
     started, encoded = time.perf_counter(), 0
-    for shard in missing:
+    # One pass over each run of consecutive missing shards: a streamed source (tfds) is read once.
+    images = None
+    for shard in sorted(missing):
         start = shard * shard_size
+        if shard - 1 not in missing:
+            images = source.iter_images(start, start + _run_length(missing, shard) * shard_size)
         latents, indices, report = [], [], ImageReport()
         pending = []
-        for item in source.iter_images(start, start + shard_size):
+        for item in itertools.islice(images, min(shard_size, len(source) - start)):
             report.add(item)
             if item.pixels is not None:
                 pending.append(item)
@@ -438,6 +443,14 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     if verbose:
         print(f"Latent cache {directory}: {len(cache)} latents {latent_shape}.\n{cache.report.summary()}")
     return cache
+
+
+def _run_length(shards, first):
+    """How many consecutive shards from `first` on are in `shards`."""
+    length = 0
+    while first + length in shards:
+        length += 1
+    return length
 
 
 def _compiled_encoder(autoencoder, resolution):
