@@ -107,7 +107,35 @@ class AdaptiveC(keras.callbacks.Callback):
         return {"constants": self.constants, "c0": self.c0}
 
 
-class SampleGrid(keras.callbacks.Callback):
+class _EveryEpochs(keras.callbacks.Callback):
+    """Calls `write(epoch)` (counted from 1) every `every_epochs` epochs and after the last one."""
+
+    def __init__(self, every_epochs):
+        super().__init__()
+        if not isinstance(every_epochs, int) or every_epochs < 1:
+            raise ValueError(f"`every_epochs` must be an integer >= 1; received {every_epochs!r}.")
+        self.every_epochs = every_epochs
+        self._last_epoch = None
+        self._written_epoch = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last_epoch = epoch
+        if (epoch + 1) % self.every_epochs == 0:
+            self._write_epoch(epoch)
+
+    def on_train_end(self, logs=None):
+        if self._last_epoch is not None and self._written_epoch != self._last_epoch:
+            self._write_epoch(self._last_epoch)
+
+    def _write_epoch(self, epoch):
+        self.write(epoch + 1)
+        self._written_epoch = epoch
+
+    def write(self, epoch):
+        raise NotImplementedError
+
+
+class SampleGrid(_EveryEpochs):
     """Writes PNG grids of samples every `every_epochs` epochs (and after the last).
 
     Args:
@@ -122,7 +150,7 @@ class SampleGrid(keras.callbacks.Callback):
             `ConsistencyModel.sample`), e.g. `(1, [80.0, 0.529])`.
         decode: optional function from a batch of samples (NumPy) to images
             `(n, H, W, 1 or 3)` in [-1, 1], e.g. a VAE decoder for latents
-            (see `keras_lct.data.decode_samples`). Without it the samples
+            (see `keras_lct.data.LatentDecoder`). Without it the samples
             themselves are shown: 1 or 3 channels as they are, others by their
             first 3 channels, each in [-1, 1].
 
@@ -133,36 +161,21 @@ class SampleGrid(keras.callbacks.Callback):
     """
 
     def __init__(self, directory, every_epochs=1, num_samples=64, seed=0, steps=1, decode=None):
-        super().__init__()
-        if not isinstance(every_epochs, int) or every_epochs < 1:
-            raise ValueError(f"`every_epochs` must be an integer >= 1; received {every_epochs!r}.")
+        super().__init__(every_epochs)
         self.directory = directory
-        self.every_epochs = every_epochs
         self.num_samples = num_samples
         self.seed = seed
         self.steps = steps
         self.decode = decode
         self.written = []
-        self._last_epoch = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._last_epoch = epoch
-        if (epoch + 1) % self.every_epochs == 0:
-            self.write(epoch + 1)
-
-    def on_train_end(self, logs=None):
-        if self._last_epoch is not None and (self._last_epoch + 1) % self.every_epochs:
-            self.write(self._last_epoch + 1)
 
     def write(self, epoch):
         """Writes the grid(s) of `epoch` now; returns their paths."""
         entries = (self.steps,) if isinstance(self.steps, int) else tuple(self.steps)
         paths = []
         for entry in entries:
-            if isinstance(entry, int):
-                samples = self.model.sample(self.num_samples, steps=entry, seed=self.seed)
-            else:
-                samples = self.model.sample(self.num_samples, ts=entry, seed=self.seed)
+            levels = {"steps": entry} if isinstance(entry, int) else {"ts": entry}
+            samples = self.model.sample(self.num_samples, seed=self.seed, **levels)
             images = self.decode(samples) if self.decode is not None else samples
             count = entry if isinstance(entry, int) else len(entry)
             suffix = "" if isinstance(self.steps, int) else f"_{count}step"
@@ -173,7 +186,7 @@ class SampleGrid(keras.callbacks.Callback):
         return paths
 
 
-class Checkpoint(keras.callbacks.Callback):
+class Checkpoint(_EveryEpochs):
     """Saves the whole model to one `.keras` file every `every_epochs` epochs, atomically.
 
     The file holds everything `fit` needs to continue exactly: weights, EMA
@@ -195,28 +208,14 @@ class Checkpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, path, every_epochs=1):
-        super().__init__()
         if not str(path).endswith(".keras"):
             raise ValueError(f"A checkpoint path must end in `.keras`; received {path!r}.")
-        if not isinstance(every_epochs, int) or every_epochs < 1:
-            raise ValueError(f"`every_epochs` must be an integer >= 1; received {every_epochs!r}.")
+        super().__init__(every_epochs)
         self.path = path
-        self.every_epochs = every_epochs
-        self._last_epoch = None
-        self._saved_epoch = None
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._last_epoch = epoch
-        if (epoch + 1) % self.every_epochs == 0:
-            self.save(epoch)
-
-    def on_train_end(self, logs=None):
-        if self._last_epoch is not None and self._saved_epoch != self._last_epoch:
-            self.save(self._last_epoch)
-
-    def save(self, epoch):
+    def write(self, epoch):
+        """Saves the model now (`epoch` only names the moment)."""
         save_model_atomic(self.model, self.path)
-        self._saved_epoch = epoch
 
 
 def save_model_atomic(model, path):

@@ -63,7 +63,7 @@ WHERE_TO_GET_VAE = (
 )
 # Settings that define a run: a checkpoint trained with others is not resumed.
 RUN_IDENTITY = (
-    "dataset", "resolution", "flip", "batch_size", "total_steps", "loss", "norm", "unet", "dropout", "ot",
+    "dataset", "resolution", "flip", "batch_size", "loss", "norm", "unet", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
 )
 SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
@@ -177,7 +177,7 @@ def main(dataset="custom", argv=None):
     batches = data.NoisePairedDataset(cache.training_data(), batch_size=args.batch_size, ot=args.ot, seed=args.seed)
     epochs = math.ceil(args.steps / len(batches)) if args.steps else args.epochs
     total_steps = epochs * len(batches)
-    check_run_folder(args, total_steps, vae.fingerprint(), images.describe())
+    check_run_folder(args, total_steps, cache.info)
 
     # ## 3. The model: a new one, or the checkpoint of this run.
     checkpoint = os.path.join(args.output, "checkpoint.keras")
@@ -227,11 +227,11 @@ def main(dataset="custom", argv=None):
           f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
 
 
-def check_run_folder(args, total_steps, vae_fingerprint, image_source):
-    """Writes run.json; refuses an output folder that holds another run."""
-    settings = {name: getattr(args, name) for name in RUN_IDENTITY if name != "total_steps"}
-    settings.update(total_steps=total_steps, vae_fingerprint=vae_fingerprint,
-                    images={key: value for key, value in image_source.items() if key != "path"})
+def check_run_folder(args, total_steps, cache_info):
+    """Writes run.json; refuses an output folder that holds another run (its images, VAE and settings)."""
+    settings = {name: getattr(args, name) for name in RUN_IDENTITY}
+    settings.update(total_steps=total_steps, vae_fingerprint=cache_info["autoencoder_fingerprint"],
+                    images={key: value for key, value in cache_info["source"].items() if key != "path"})
     path = os.path.join(args.output, "run.json")
     if os.path.exists(path):
         with open(path) as file:
@@ -290,10 +290,7 @@ def write_smoke_inputs(folder, args, autoencoder_class):
     if not os.path.exists(vae_path):
         from keras_lct.callbacks import save_model_atomic
 
-        vae = autoencoder_class.from_preset("tiny")
-        if not vae.built:
-            vae.build((None, args.resolution, args.resolution, 3))
-        save_model_atomic(vae, vae_path)
+        save_model_atomic(autoencoder_class.from_preset("tiny"), vae_path)
     return image_folder, vae_path
 
 

@@ -41,7 +41,6 @@ def main(argv=None):
         raise SystemExit(f"error: no model at {args.model!r}; the training recipes write OUTPUT/lct.keras.")
 
     import keras
-    import numpy as np
     from PIL import Image
 
     import keras_lct  # noqa: F401  (registers the classes the model is made of)
@@ -60,14 +59,13 @@ def main(argv=None):
                            ema=not args.online, verbose=1)
     images = decode(samples)
     if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
         for index, image in enumerate(images_to_uint8(images)):
             with atomic_path(os.path.join(args.out_dir, f"{index:06d}.png")) as temporary:
                 Image.fromarray(image).save(temporary, format="PNG")
         print(f"Wrote {len(images)} images to {args.out_dir}.")
     if args.out:
         save_image_grid(images, args.out)
-        print(f"Wrote {args.out} ({len(images)} images, {np.asarray(images).shape[1]}x{np.asarray(images).shape[2]} each).")
+        print(f"Wrote {args.out} ({len(images)} images, {images.shape[1]}x{images.shape[2]} each).")
 
 
 if __name__ == "__main__":

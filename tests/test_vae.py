@@ -41,8 +41,7 @@ def constant_initializers(request, monkeypatch):
     """
     if request.node.originalname == "test_random_initialization_is_torch_default":
         return
-    for module in (keras_lct.layers.unet_blocks, keras_lct.vae.autoencoder):
-        monkeypatch.setattr(module, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
+    monkeypatch.setattr(keras_lct.layers.unet_blocks, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
 
 
 def diffusers_config(arguments):

@@ -22,10 +22,6 @@ from keras_lct._validation import check_int
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class UnreadableImageError(ValueError):
-    """An image file that could not be decoded (corrupt, truncated, not an image)."""
-
-
 SourceImage = collections.namedtuple("SourceImage", ["index", "name", "pixels", "conversions", "error"])
 SourceImage.__doc__ = """One item of an image source.
 
@@ -64,15 +60,13 @@ def prepare_image(image, resolution):
     """
     Image, ImageOps = _import_pil()
     conversions = []
-    transposed = ImageOps.exif_transpose(image)
-    if transposed is not None and transposed is not image:
-        image = transposed
+    image = ImageOps.exif_transpose(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        image = background
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", image.size, (255, 255, 255))
+        image.paste(rgba, mask=rgba.getchannel("A"))
         conversions.append("alpha -> RGB on white")
     elif image.mode != "RGB":
         conversions.append(f"{'grayscale' if image.mode in ('L', '1', 'I', 'I;16', 'F') else image.mode} -> RGB")
@@ -157,10 +151,9 @@ class ImageReport:
 class ImageSource:
     """Base of the image sources: `len`, `describe()` and `iter_images(start)`.
 
-    Subclasses list their `num_originals` images and read original `i` in
-    `_read_original(i)` (as a PIL image) or stream them in
-    `_iter_originals(start)`; this class adds the preparation, the flipped
-    copies and the error handling.
+    Subclasses set `num_originals` and stream their images in
+    `_iter_originals(start, stop)` (as PIL images, or an error text); this
+    class adds the preparation, the flipped copies and the error handling.
 
     Args:
         resolution: side of the square images the source yields.

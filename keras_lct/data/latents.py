@@ -42,7 +42,8 @@ CACHE_FORMAT = 1
 TARGET_STD = 0.5  # REFERENCE.md "Latents": x = (z / s - mean) / std * 0.5.
 _SHARD_PATTERN = "shard_{:05d}.npz"
 # Fields of cache.json that must equal the current run's for a cache to be reused.
-_IDENTITY_FIELDS = ("format", "autoencoder_fingerprint", "resolution", "latent_shape", "seed", "source")
+# (latent_shape follows from the fingerprinted config and the resolution.)
+_IDENTITY_FIELDS = ("format", "autoencoder_fingerprint", "resolution", "seed", "source")
 _SOURCE_IDENTITY_FIELDS = ("kind", "name", "split", "num_images", "files_sha256", "resolution", "flip")
 
 
@@ -185,7 +186,7 @@ class NormalizedLatents:
 
     def __getitem__(self, rows):
         latents = np.asarray(self.latents[rows], np.float32)
-        return normalize_latents(latents, self.mean, self.std, self.scaling_factor, self.target_std).astype(np.float32)
+        return normalize_latents(latents, self.mean, self.std, self.scaling_factor, self.target_std)
 
     def __array__(self, dtype=None, copy=None):
         return np.asarray(self[:], dtype=dtype)
@@ -311,10 +312,13 @@ class LatentDecoder:
 
 def _check_same_autoencoder(normalization, autoencoder):
     expected = normalization.autoencoder_fingerprint
-    if expected is not None and expected != autoencoder.fingerprint():
+    if expected is None:
+        return
+    fingerprint = autoencoder.fingerprint()
+    if fingerprint != expected:
         raise ValueError(
             "The autoencoder given is not the one the model's latents were encoded with "
-            f"(fingerprint {autoencoder.fingerprint()[:12]}..., expected {expected[:12]}...; "
+            f"(fingerprint {fingerprint[:12]}..., expected {expected[:12]}...; "
             f"expected config: {normalization.autoencoder_config}). Decoding with another VAE gives "
             "wrong images: pass the VAE weights used to build the latent cache."
         )
@@ -359,13 +363,12 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     shard_size = check_int("shard_size", shard_size, minimum=1)
-    factor = autoencoder.downsampling_factor
-    if source.resolution % factor:
+    if source.resolution % autoencoder.downsampling_factor:
         raise ValueError(
             f"The image resolution {source.resolution} is not divisible by the autoencoder's "
-            f"downsampling factor {factor}."
+            f"downsampling factor {autoencoder.downsampling_factor}."
         )
-    latent_shape = (source.resolution // factor, source.resolution // factor, autoencoder.latent_channels)
+    latent_shape = autoencoder.latent_shape(source.resolution)
     info = {
         "format": CACHE_FORMAT,
         "autoencoder_fingerprint": autoencoder.fingerprint(),
@@ -410,23 +413,25 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
         start = shard * shard_size
         if shard - 1 not in missing:
             images = source.iter_images(start, start + _run_length(missing, shard) * shard_size)
-        latents, indices, report = [], [], ImageReport()
-        pending = []
+        latents, indices, pending, report = [], [], [], ImageReport()
+
+        def encode_pending():
+            latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
+            indices.extend(image.index for image in pending)
+            pending.clear()
+
         for item in itertools.islice(images, min(shard_size, len(source) - start)):
             report.add(item)
             if item.pixels is not None:
                 pending.append(item)
             if len(pending) == batch_size:
-                latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
-                indices.extend(image.index for image in pending)
-                pending = []
+                encode_pending()
             done += 1
             if verbose and (done % batch_size == 0 or done == len(source)):
                 rate = (done - already_done) / max(time.perf_counter() - started, 1e-9)
                 progress.update(done, [("images/s", rate)])
         if pending:
-            latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
-            indices.extend(image.index for image in pending)
+            encode_pending()
         encoded += len(indices)
         shard_latents = np.concatenate(latents) if latents else np.zeros((0,) + latent_shape, np.float32)
         _save_npz_atomic(
@@ -482,34 +487,28 @@ def _posterior_noise(shape, seed, index):
 
 def _join_shards(directory, num_shards, latent_shape, info):
     """Joins the shards into latents.npy with statistics, then marks the cache complete."""
-    counts = []
+    counts, report = [], ImageReport()
     for shard in range(num_shards):
         with np.load(_shard_path(directory, shard)) as data:
             counts.append(len(data["index"]))
+            report.merge(ImageReport.from_dict(json.loads(str(data["report"]))))
     total = sum(counts)
     if total < 2:
-        report = ImageReport()
-        for shard in range(num_shards):
-            with np.load(_shard_path(directory, shard)) as data:
-                report.merge(ImageReport.from_dict(json.loads(str(data["report"]))))
         raise ValueError(
             f"Only {total} readable image(s): latent statistics need at least 2.\n{report.summary()}"
         )
     partial = os.path.join(directory, "latents.partial.npy")
     latents = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(total,) + tuple(latent_shape))
     index = np.empty(total, np.int64)
-    report = ImageReport()
     # Chan et al.'s pairwise update of the mean and the sum of squared deviations.
     count, mean, squares = 0, np.zeros(latent_shape, np.float64), np.zeros(latent_shape, np.float64)
-    row = 0
     for shard, shard_count in enumerate(counts):
+        if not shard_count:
+            continue
         with np.load(_shard_path(directory, shard)) as data:
-            report.merge(ImageReport.from_dict(json.loads(str(data["report"]))))
-            if not shard_count:
-                continue
             values = data["latents"]
-            latents[row : row + shard_count] = values
-            index[row : row + shard_count] = data["index"]
+            latents[count : count + shard_count] = values
+            index[count : count + shard_count] = data["index"]
         unscaled = values.astype(np.float64) / info["scaling_factor"]
         shard_mean = unscaled.mean(axis=0)
         shard_squares = ((unscaled - shard_mean) ** 2).sum(axis=0)
@@ -518,7 +517,6 @@ def _join_shards(directory, num_shards, latent_shape, info):
         mean = mean + delta * shard_count / combined
         squares = squares + shard_squares + delta**2 * count * shard_count / combined
         count = combined
-        row += shard_count
     latents.flush()
     del latents
     os.replace(partial, os.path.join(directory, "latents.npy"))
@@ -557,7 +555,6 @@ def _check_same_cache(directory, existing, info):
                 "autoencoder_fingerprint": "another autoencoder (other weights or config)",
                 "source": "other images",
                 "resolution": "another image resolution",
-                "latent_shape": "another latent shape",
                 "seed": "another seed",
                 "format": "another keras-lct cache format",
             }[field]

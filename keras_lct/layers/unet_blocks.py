@@ -23,12 +23,13 @@ def fan_in_initializer(fan_in, zero=False):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
-def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None):
-    """A 'same'-padded, biased Conv2D with the authors' initialization."""
+def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, strides=1, padding="same"):
+    """A biased Conv2D ('same'-padded by default) with the authors' initialization."""
     return keras.layers.Conv2D(
         filters,
         kernel_size,
-        padding="same",
+        strides=strides,
+        padding=padding,
         kernel_initializer=fan_in_initializer(fan_in, zero),
         bias_initializer=fan_in_initializer(fan_in, zero),
         name=name,

@@ -23,7 +23,6 @@ from keras_lct._validation import check_positive
 from keras_lct.layers.unet_blocks import Resample2D
 from keras_lct.layers.unet_blocks import conv2d
 from keras_lct.layers.unet_blocks import dense
-from keras_lct.layers.unet_blocks import fan_in_initializer
 
 EPSILON = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -286,16 +285,7 @@ class VAEResample(keras.layers.Layer):
         self.mode = mode
         policy = self.dtype_policy
         if mode == "down":
-            self.conv = keras.layers.Conv2D(
-                channels,
-                3,
-                strides=2,
-                padding="valid",
-                kernel_initializer=fan_in_initializer(channels * 9),
-                bias_initializer=fan_in_initializer(channels * 9),
-                name="conv",
-                dtype=policy,
-            )
+            self.conv = conv2d(channels, 3, channels * 9, name="conv", dtype=policy, strides=2, padding="valid")
             self.upsample = None
         else:
             self.conv = conv2d(channels, 3, channels * 9, name="conv", dtype=policy)

@@ -381,9 +381,6 @@ def _listing(kind, names, shown=5):
     return f"{len(names)} {kind} key{'s' if len(names) > 1 else ''} ({', '.join(names[:shown])}{more})"
 
 
-_SAFETENSORS_FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
-
-
 def _read_safetensors(path):
     try:
         from safetensors import safe_open
