@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PYTHON) -m pip install --quiet --upgrade pip
 	$(VENV_PYTHON) -m pip install $(TORCH) "$(TENSORFLOW)" -e ".[jax,data,eval,dev]"
+# --no-deps: PyPI's torchvision cannot import beside the CPU torch wheel; the FID Inception needs only torch.
+	$(VENV_PYTHON) -m pip install --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
 demo: install

@@ -6,11 +6,13 @@ saved with keras-lct load with `keras.models.load_model` after `import keras_lct
 
 __version__ = "0.1.0"
 
+from keras_lct import analysis
 from keras_lct import callbacks
 from keras_lct import coupling
 from keras_lct import data
 from keras_lct import layers
 from keras_lct import losses
+from keras_lct import metrics
 from keras_lct import models
 from keras_lct import optimizers
 from keras_lct import schedules

@@ -79,32 +79,47 @@ class AdaptiveC(keras.callbacks.Callback):
     c = c0 while N <= s0 + 1 (the curriculum's first stage), then
     c = exp(slope * ln(N - 1) + intercept), following N as it doubles.
 
+    Eq. 11 is an absolute schedule, fitted on the paper's 32x32x4 latents.
+    For data of another size d, `scale_with_dim=True` multiplies it by
+    sqrt(d / 4096), the ratio of iCT's c0 = 0.00054 sqrt(d) at the two sizes
+    (`keras_lct.schedules.dim_scaled_constants`); the quickstart's 4x4x4
+    latents use it.
+
     Args:
-        c0: the initial scale; None for iCT's 0.00054 sqrt(d).
         constants: `"paper"` (eq. 11: -1.18, -0.72), `"authors_code"`
             (-1.15, -0.85) or a (slope, intercept) pair.
+        c0: the initial scale; None for iCT's 0.00054 sqrt(d).
+        scale_with_dim: scale eq. 11 to the model's data size d.
 
     Example:
     ```python
     model.fit(x, callbacks=[ExpCurriculum(steps), AdaptiveC("authors_code")])
+    model.fit(small_latents, callbacks=[ExpCurriculum(steps), AdaptiveC(scale_with_dim=True)])
     ```
 
     Reference: paper section 4.5, eq. 11 and fig. 4.
     """
 
-    def __init__(self, constants="paper", c0=None):
+    def __init__(self, constants="paper", c0=None, scale_with_dim=False):
         super().__init__()
         schedules.adaptive_c(2, constants)  # validates
         if c0 is not None:
             schedules.robustness_c(2, c0)  # validates
+        if not isinstance(scale_with_dim, bool):
+            raise ValueError(f"`scale_with_dim` must be True or False; received {scale_with_dim!r}.")
         self.constants = constants
         self.c0 = c0
+        self.scale_with_dim = scale_with_dim
 
     def on_train_begin(self, logs=None):
-        _require_consistency_model(self).set_robustness_schedule(self.c0, self.constants)
+        model = _require_consistency_model(self)
+        constants = self.constants
+        if self.scale_with_dim:
+            constants = schedules.dim_scaled_constants(model.data_dim, constants)
+        model.set_robustness_schedule(self.c0, constants)
 
     def get_config(self):
-        return {"constants": self.constants, "c0": self.c0}
+        return {"constants": self.constants, "c0": self.c0, "scale_with_dim": self.scale_with_dim}
 
 
 class _EveryEpochs(keras.callbacks.Callback):

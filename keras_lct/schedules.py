@@ -30,6 +30,8 @@ P_STD = 2.0
 CURRICULUM_S0 = 10
 CURRICULUM_S1 = 640
 ICT_C0_PER_SQRT_DIM = 0.00054
+# d of the paper's CelebA-HQ latents, where eq. 11 was fitted.
+PAPER_LATENT_DIM = 32 * 32 * 4
 
 # (slope, intercept) of c = exp(slope * ln(N - 1) + intercept).
 ADAPTIVE_C_CONSTANTS = {
@@ -235,6 +237,34 @@ def adaptive_c(num_scales, constants="paper"):
         check_int("num_scales", num_scales, minimum=2)
     log_intervals = ops.log(ops.cast(num_scales, "float32") - 1.0)
     return ops.exp(slope * log_intervals + intercept)
+
+
+def dim_scaled_constants(dim, constants="paper", reference_dim=PAPER_LATENT_DIM):
+    """Eq. 11's constants for data of `dim` elements: c multiplied by sqrt(dim / reference_dim).
+
+    The paper fitted eq. 11 on 32x32x4 latents, where iCT's c0 = 0.00054
+    sqrt(d) also holds; scaling eq. 11 by the same c0(dim) / c0(reference_dim)
+    keeps c in proportion to the typical residual norm of other data sizes.
+    The factor is a shift of the intercept by 0.5 ln(dim / reference_dim).
+
+    Args:
+        dim: d, the number of elements of one sample (C * H * W).
+        constants: as in `adaptive_c`.
+        reference_dim: the d eq. 11 was fitted at (32 * 32 * 4).
+
+    Returns:
+        a `(slope, intercept)` pair of floats.
+
+    Example:
+    >>> slope, intercept = dim_scaled_constants(4 * 4 * 4)
+    >>> round(float(adaptive_c(21, (slope, intercept)) / adaptive_c(21)), 4)
+    0.125
+
+    Reference: paper section 4.5, eq. 11; iCT (Song & Dhariwal 2023) for c0.
+    """
+    slope, intercept = _adaptive_c_constants(constants)
+    ratio = check_int("dim", dim, minimum=1) / check_int("reference_dim", reference_dim, minimum=1)
+    return float(slope), float(intercept) + 0.5 * math.log(ratio)
 
 
 def robustness_c(num_scales, c0, s0=CURRICULUM_S0, constants="paper"):

@@ -165,6 +165,22 @@ def assert_logs_follow_schedule(batches, first_step, total_steps, constants="pap
         assert logs["c"] == pytest.approx(c, rel=1e-5), (first_step + offset, logs)
 
 
+def test_adaptive_c_scaled_with_dim_follows_eq_11_times_sqrt_d_over_4096():
+    total_steps = 14  # K' = 2: N > 11 from step 2
+    model = toy_model()
+    recorder = LogRecorder()
+    model.fit(
+        mixture(16 * 4), batch_size=16, epochs=1, shuffle=False, verbose=0,
+        callbacks=[callbacks.ExpCurriculum(total_steps), callbacks.AdaptiveC(scale_with_dim=True), recorder],
+    )
+    for step, logs in enumerate(recorder.batches):
+        n, c = expected_schedule(step, total_steps)
+        assert logs["num_scales"] == n
+        expected = c if n <= 11 else c * math.sqrt(2) / 64  # eq. 11 at d = 2 instead of 32 * 32 * 4
+        assert logs["c"] == pytest.approx(expected, rel=1e-5), (step, logs)
+    assert callbacks.AdaptiveC(scale_with_dim=True).get_config()["scale_with_dim"] is True
+
+
 def test_num_scales_and_c_inside_the_step_follow_the_schedule(tmp_path):
     total_steps = 70  # K' = 10: N doubles every 10 steps
     model = toy_model()

@@ -152,6 +152,15 @@ def test_adaptive_c_reference_values():
     assert float(schedules.adaptive_c(641, "authors_code")) == pytest.approx(2.534e-4, rel=1e-3)
 
 
+@pytest.mark.parametrize("dim", [64, 4096, 3 * 64 * 64])
+@pytest.mark.parametrize("n", [21, 641])
+def test_dim_scaled_constants_scale_c_like_ict_c0(dim, n):
+    scaled = float(schedules.adaptive_c(n, schedules.dim_scaled_constants(dim)))
+    expected = math.exp(-1.18 * math.log(n - 1) - 0.72) * math.sqrt(dim) / 64
+    assert scaled == pytest.approx(expected, rel=1e-5)
+    assert scaled / float(schedules.adaptive_c(n)) == pytest.approx(schedules.ict_c0(dim) / schedules.ict_c0(4096), rel=1e-5)
+
+
 def test_robustness_c_keeps_c0_for_the_first_stage():
     c0 = schedules.ict_c0(4096)
     assert float(schedules.robustness_c(11, c0)) == pytest.approx(c0)

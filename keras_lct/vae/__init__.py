@@ -14,6 +14,7 @@ from keras_lct.vae.autoencoder import VAELevel
 from keras_lct.vae.autoencoder import VAEMidBlock
 from keras_lct.vae.autoencoder import VAEResample
 from keras_lct.vae.autoencoder import VAEResnetBlock
+from keras_lct.vae.training import AutoencoderTrainer
 from keras_lct.vae.weights import config_from_diffusers
 from keras_lct.vae.weights import load_autoencoder
 from keras_lct.vae.weights import read_state_dict

@@ -1,0 +1,283 @@
+"""Quickstart: latent consistency training on real images, in minutes on a CPU (`make demo`).
+
+The paper's whole pipeline, shrunk to scikit-learn's handwritten digits (1,797 images of 8x8
+pixels that ship with the package; nothing is downloaded):
+
+1. a small KL autoencoder (`keras_lct.vae.AutoencoderKL`, the Stable Diffusion VAE's
+   architecture, narrower) is trained on the digits and encodes each into a 4x4x4 latent;
+2. the latents are normalized per element to std 0.5, as the paper's (section 5.1);
+3. a `ConsistencyModel` learns them with every technique of the paper on: Cauchy loss (4.2),
+   diffusion loss on the lowest-noise quarter (4.3), minibatch OT pairing (4.4), the
+   exponential curriculum with the adaptive c of eq. 11 (4.5, scaled to d = 64 elements by
+   `AdaptiveC(scale_with_dim=True)`), and a UNet with Non-scaling LayerNorm (4.6);
+4. for comparison, the same network trained as iLCT (iCT on latents: pseudo-Huber loss,
+   GroupNorm, independent noise, no diffusion loss, c fixed at iCT's c0);
+5. both are scored with the Frechet distance and recall (k = 3) in the feature space of a small
+   digits classifier trained here, next to the floor (held-out real digits) and the ceiling
+   (an untrained model);
+6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
+
+    KERAS_BACKEND=jax python recipes/quickstart.py            # or torch / tensorflow
+    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 1-minute smoke run
+
+Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
+2-step samples), training.png (the curves), metrics.json, model.keras (sample from it later with
+recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras,
+impulsive_noise.png / .json (fig. 1) and data.npz (pixels and latents, for recipes/analyze.py).
+
+Reference: paper sections 4 and 5.1; docs/quickstart.md for the measured results.
+"""
+
+import argparse
+import os
+import time
+
+NUM_HOLDOUT = 500  # held-out real digits: the metrics' floor; as many samples are drawn per model
+IMAGE_SIZE = 8
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="runs/quickstart", help="folder for every artifact (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1500, help="consistency training steps per model (default: %(default)s)")
+    parser.add_argument("--vae-epochs", type=int, default=15, help="autoencoder training epochs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="batch size of every training (default: %(default)s)")
+    parser.add_argument("--no-ilct", action="store_true", help="skip the iLCT comparison model")
+    parser.add_argument("--fast", action="store_true", help="a smoke run: few steps and epochs (the results are not digits)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.fast:
+        args.steps, args.vae_epochs = 60, 1
+    for name in ("steps", "vae_epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1; received {getattr(args, name)}.")
+    return args
+
+
+args = parse_args()
+started = time.time()
+
+import json  # noqa: E402
+
+import keras  # noqa: E402  (after --help, which should not wait for a backend)
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+
+import keras_lct  # noqa: E402
+from keras_lct import analysis  # noqa: E402
+from keras_lct import metrics  # noqa: E402
+from keras_lct._io import write_json_atomic  # noqa: E402
+from keras_lct.callbacks import AdaptiveC  # noqa: E402
+from keras_lct.callbacks import ExpCurriculum  # noqa: E402
+from keras_lct.callbacks import save_image_grid  # noqa: E402
+from keras_lct.callbacks import save_model_atomic  # noqa: E402
+from keras_lct.data import LatentDecoder  # noqa: E402
+from keras_lct.data import LatentNormalization  # noqa: E402
+from keras_lct.data import NoisePairedDataset  # noqa: E402
+from keras_lct.models import ConsistencyModel  # noqa: E402
+from keras_lct.models import UNet  # noqa: E402
+from keras_lct.optimizers import RAdam  # noqa: E402
+from keras_lct.vae import AutoencoderKL  # noqa: E402
+from keras_lct.vae import AutoencoderTrainer  # noqa: E402
+
+os.makedirs(args.output, exist_ok=True)
+backend = keras.backend.backend()
+print(f"keras-lct {keras_lct.__version__} quickstart on {backend}; writing to {args.output}/")
+
+
+def stage(message):
+    print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
+
+
+# ## The data: 1,797 digits in [-1, 1], 500 held out.
+# They are 8x8 grayscale images with values 0..16.
+digits = load_digits()
+pixels = (digits.images.astype("float32") / 8.0 - 1.0)[..., None]
+order = np.random.default_rng(args.seed).permutation(len(pixels))
+train_pixels, holdout_pixels = pixels[order[NUM_HOLDOUT:]], pixels[order[:NUM_HOLDOUT]]
+train_labels, holdout_labels = digits.target[order[NUM_HOLDOUT:]], digits.target[order[:NUM_HOLDOUT]]
+stage(f"{len(train_pixels)} training and {len(holdout_pixels)} held-out digits, {IMAGE_SIZE}x{IMAGE_SIZE}x1")
+keras.utils.set_random_seed(args.seed)
+
+# ## The autoencoder: Stable Diffusion's VAE architecture at a CPU's size, trained here.
+# Two levels (f = 2) turn an 8x8x1 digit into a 4x4x4 latent. The loss is the reconstruction
+# error plus a tiny KL penalty, which leaves the latents unbounded, as Stable Diffusion's.
+autoencoder = AutoencoderKL(
+    in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4
+)
+trainer = AutoencoderTrainer(autoencoder, kl_weight=1e-6, seed=args.seed)
+trainer.compile(optimizer=keras.optimizers.Adam(2e-3))
+stage(f"training the autoencoder ({autoencoder.count_params():,} parameters) for {args.vae_epochs} epochs")
+trainer.fit(train_pixels, batch_size=args.batch_size, epochs=args.vae_epochs, verbose=2)
+save_model_atomic(autoencoder, os.path.join(args.output, "autoencoder.keras"))
+
+# ## Latents: one posterior sample per digit, normalized per element to std 0.5.
+# The normalization travels with the consistency model, so model.keras can be decoded later.
+mean, logvar = (keras.ops.convert_to_numpy(part) for part in autoencoder.encode(train_pixels))
+noise = np.random.default_rng(args.seed).standard_normal(mean.shape).astype("float32")
+unscaled = mean + np.exp(0.5 * logvar) * noise  # z / s
+normalization = LatentNormalization(
+    scaling_factor=autoencoder.scaling_factor,
+    autoencoder_config=autoencoder.get_config(),
+    autoencoder_fingerprint=autoencoder.fingerprint(),
+)
+normalization.set_statistics(unscaled.mean(axis=0), unscaled.std(axis=0, ddof=1))
+latents = keras.ops.convert_to_numpy(normalization(autoencoder.scaling_factor * unscaled))
+decode = LatentDecoder(normalization, autoencoder, batch_size=256)
+reconstruction_error = float(np.mean((decode(latents[:NUM_HOLDOUT]) - train_pixels[:NUM_HOLDOUT]) ** 2))
+stage(f"latents {latents.shape[1:]}: values in [{latents.min():.2f}, {latents.max():.2f}], "
+      f"reconstruction MSE {reconstruction_error:.4f}")
+np.savez(os.path.join(args.output, "data.npz"), pixels=train_pixels, latents=latents)
+
+
+# ## The consistency models: the paper's method and, for comparison, iLCT.
+# One network for both: a UNet over the 4x4 latents, 4x4 and 2x2 levels, no attention.
+def consistency_model(norm, loss, diffusion_fraction, seed):
+    network = UNet(
+        img_resolution=latents.shape[1], in_channels=4, out_channels=4, model_channels=32,
+        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), norm=norm,
+    )
+    # A short run needs a fast EMA (the paper's 0.99993 averages over ~14k steps).
+    model = ConsistencyModel(network, loss=loss, diffusion_fraction=diffusion_fraction, ema_decays=(0.995,),
+                             seed=seed, latent_normalization=normalization)
+    model.build((None,) + latents.shape[1:])
+    model.compile(optimizer=RAdam(1e-3))
+    return model
+
+
+def train(name, model, ot, adaptive_c):
+    batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=args.seed)
+    epochs = -(-args.steps // len(batches))
+    total_steps = epochs * len(batches)
+    callbacks = [ExpCurriculum(total_steps)]
+    if adaptive_c:
+        callbacks.append(AdaptiveC(scale_with_dim=True))
+    stage(f"training {name} ({model.network.count_params():,} parameters): {total_steps} steps, {epochs} epochs")
+    progress = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: (epoch + 1) % max(1, epochs // 10) == 0 and stage(
+            f"  {name} epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4g}, N {logs['num_scales']:.0f}, c {logs['c']:.3g}"
+        )
+    )
+    history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks + [progress])
+    return {key: [float(value) for value in values] for key, values in history.history.items()}, len(batches)
+
+
+full = consistency_model("nsln", "cauchy", 0.25, args.seed)
+full_history, steps_per_epoch = train("the paper's method", full, ot=True, adaptive_c=True)
+save_model_atomic(full, os.path.join(args.output, "model.keras"))
+if not args.no_ilct:
+    ilct = consistency_model("group", "pseudo_huber", 0.0, args.seed)
+    ilct_history, _ = train("iLCT", ilct, ot=False, adaptive_c=False)
+    save_model_atomic(ilct, os.path.join(args.output, "ilct.keras"))
+
+# ## The feature space of the metrics: a small digits classifier.
+# Its penultimate layer plays the part Inception's pool3 plays for FID on natural images.
+inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(inputs))
+features = keras.layers.Dense(32, activation="relu", name="features")(hidden)
+classifier = keras.Model(inputs, keras.layers.Dense(10)(features))
+classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"])
+classifier.fit(train_pixels, train_labels, batch_size=args.batch_size, epochs=60, verbose=0)
+accuracy = float(classifier.evaluate(holdout_pixels, holdout_labels, verbose=0)[1])
+embed = keras.Model(inputs, features)
+stage(f"digits classifier: {100 * accuracy:.1f}% held-out accuracy")
+
+
+def scores(images):
+    fake = np.asarray(embed.predict(images, batch_size=256, verbose=0), np.float64)
+    return {
+        "frechet_distance": metrics.frechet_distance(reference, fake),
+        "recall": metrics.precision_recall(reference, fake, k=3)["recall"],
+    }
+
+
+reference = np.asarray(embed.predict(train_pixels, batch_size=256, verbose=0), np.float64)
+samples = {
+    "one_step": decode(full.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1)),
+    "two_step": decode(full.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1)),
+}
+untrained = consistency_model("nsln", "cauchy", 0.25, args.seed + 1)
+results = {"one_step": scores(samples["one_step"]), "two_step": scores(samples["two_step"])}
+if not args.no_ilct:
+    results["ilct"] = {
+        "one_step": scores(decode(ilct.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1))),
+        "two_step": scores(decode(ilct.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1))),
+    }
+results["real_holdout"] = scores(holdout_pixels)
+results["untrained"] = scores(decode(untrained.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1, ema=False)))
+
+# ## Pictures: real digits beside 1-step and 2-step samples, and the training curves.
+columns = 10
+blank = np.full((columns,) + pixels.shape[1:], -1.0, np.float32)
+grid = np.concatenate(
+    [np.concatenate([holdout_pixels[row * columns : (row + 1) * columns], blank[:1],
+                     samples["one_step"][row * columns : (row + 1) * columns], blank[:1],
+                     samples["two_step"][row * columns : (row + 1) * columns]])
+     for row in range(8)]
+)
+save_image_grid(np.repeat(np.repeat(grid, 4, axis=1), 4, axis=2), os.path.join(args.output, "samples.png"),
+                columns=3 * columns + 2)
+
+
+def plot_training(path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from keras_lct._io import atomic_path
+
+    runs = {"paper's method": full_history}
+    if not args.no_ilct:
+        runs["iLCT"] = ilct_history
+    figure = Figure(figsize=(12, 3.4))
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 4)
+    for label, history in runs.items():
+        steps = steps_per_epoch * (1 + np.arange(len(history["loss"])))
+        panels[0].plot(steps, history["consistency_loss"], label=label)
+        panels[1].plot(steps, history["diffusion_loss"], label=label)
+        panels[2].plot(steps, history["num_scales"], label=label)
+        panels[3].plot(steps, history["c"], label=label)
+    titles = ("consistency loss (epoch mean)", "diffusion loss", "discretization N", "robustness c")
+    for panel, title in zip(panels, titles):
+        panel.set_title(title, fontsize=10)
+        panel.set_xlabel("step")
+        panel.set_yscale("log")
+    panels[0].legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+
+
+plot_training(os.path.join(args.output, "training.png"))
+
+# ## Fig. 1: impulsive outliers of the digit pixels against their latents.
+# Both networks untrained (F = 0): the TD values show what the data alone feeds the loss.
+pixel_model = ConsistencyModel(
+    UNet(img_resolution=IMAGE_SIZE, in_channels=1, out_channels=1, model_channels=32, channel_mult=(1, 2),
+         num_blocks=1, attn_resolutions=()),
+    ema_decays=(),
+)
+report, values = analysis.impulsive_noise_report(
+    pixels=train_pixels, latents=latents, pixel_model=pixel_model, latent_model=untrained, num_scales=21, seed=args.seed
+)
+analysis.plot_impulsive_noise(values, os.path.join(args.output, "impulsive_noise.png"), num_scales=21, seed=args.seed)
+write_json_atomic(os.path.join(args.output, "impulsive_noise.json"), report)
+
+results.update(
+    backend=backend,
+    seconds=round(time.time() - started, 1),
+    steps=args.steps,
+    classifier_accuracy=accuracy,
+    autoencoder_reconstruction_mse=reconstruction_error,
+    num_samples=NUM_HOLDOUT,
+    reference="features of the training digits",
+)
+write_json_atomic(os.path.join(args.output, "metrics.json"), results)
+
+# ## Where everything went.
+print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_holdout", "untrained")}, indent=1))
+if not args.no_ilct:
+    print("iLCT:", json.dumps(results["ilct"]))
+stage(f"done. In {args.output}/: samples.png (held-out real | 1-step | 2-step), training.png, metrics.json, "
+      "model.keras, ilct.keras, autoencoder.keras, impulsive_noise.png / .json, data.npz")
