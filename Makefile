@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/toy.py --output runs/demo
+	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/quickstart.py --output runs/quickstart
 
 test: install
 	@failed=""; \

@@ -25,7 +25,7 @@ Everything goes to --output (default runs/quickstart): samples.png (real digits 
 recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras,
 impulsive_noise.png / .json (fig. 1) and data.npz (pixels and latents, for recipes/analyze.py).
 
-Reference: paper sections 4 and 5.1; docs/quickstart.md for the measured results.
+Reference: paper sections 4 and 5.1; docs/results.md for the measured results and the design runs.
 """
 
 import argparse
@@ -34,6 +34,9 @@ import time
 
 NUM_HOLDOUT = 500  # held-out real digits: the metrics' floor; as many samples are drawn per model
 IMAGE_SIZE = 8
+# The 2-step sampler's levels. The paper's second level (~0.369) was tuned on CelebA-HQ latents;
+# on these latents 1.5 measured better (docs/results.md), so it is tuned here the same way.
+TWO_STEP_TS = (80.0, 1.5)
 
 
 def parse_args(argv=None):
@@ -42,12 +45,13 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1500, help="consistency training steps per model (default: %(default)s)")
     parser.add_argument("--vae-epochs", type=int, default=15, help="autoencoder training epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size of every training (default: %(default)s)")
+    parser.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the weights sampled from (default: %(default)s)")
     parser.add_argument("--no-ilct", action="store_true", help="skip the iLCT comparison model")
     parser.add_argument("--fast", action="store_true", help="a smoke run: few steps and epochs (the results are not digits)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.fast:
-        args.steps, args.vae_epochs = 60, 1
+        args.steps, args.vae_epochs, args.ema_decay = 100, 3, 0.9
     for name in ("steps", "vae_epochs", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; received {getattr(args, name)}.")
@@ -138,7 +142,7 @@ def consistency_model(norm, loss, diffusion_fraction, seed):
         channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), norm=norm,
     )
     # A short run needs a fast EMA (the paper's 0.99993 averages over ~14k steps).
-    model = ConsistencyModel(network, loss=loss, diffusion_fraction=diffusion_fraction, ema_decays=(0.995,),
+    model = ConsistencyModel(network, loss=loss, diffusion_fraction=diffusion_fraction, ema_decays=(args.ema_decay,),
                              seed=seed, latent_normalization=normalization)
     model.build((None,) + latents.shape[1:])
     model.compile(optimizer=RAdam(1e-3))
@@ -151,7 +155,7 @@ def train(name, model, ot, adaptive_c):
     total_steps = epochs * len(batches)
     callbacks = [ExpCurriculum(total_steps)]
     if adaptive_c:
-        callbacks.append(AdaptiveC(scale_with_dim=True))
+        callbacks.append(AdaptiveC())
     stage(f"training {name} ({model.network.count_params():,} parameters): {total_steps} steps, {epochs} epochs")
     progress = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: (epoch + 1) % max(1, epochs // 10) == 0 and stage(
@@ -195,29 +199,32 @@ def scores(images):
 reference = np.asarray(embed.predict(train_pixels, batch_size=256, verbose=0), np.float64)
 samples = {
     "one_step": decode(full.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1)),
-    "two_step": decode(full.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1)),
+    "two_step": decode(full.sample(NUM_HOLDOUT, ts=TWO_STEP_TS, seed=args.seed + 1)),
 }
 untrained = consistency_model("nsln", "cauchy", 0.25, args.seed + 1)
 results = {"one_step": scores(samples["one_step"]), "two_step": scores(samples["two_step"])}
 if not args.no_ilct:
     results["ilct"] = {
         "one_step": scores(decode(ilct.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1))),
-        "two_step": scores(decode(ilct.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1))),
+        "two_step": scores(decode(ilct.sample(NUM_HOLDOUT, ts=TWO_STEP_TS, seed=args.seed + 1))),
     }
 results["real_holdout"] = scores(holdout_pixels)
 results["untrained"] = scores(decode(untrained.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1, ema=False)))
 
 # ## Pictures: real digits beside 1-step and 2-step samples, and the training curves.
-columns = 10
-blank = np.full((columns,) + pixels.shape[1:], -1.0, np.float32)
-grid = np.concatenate(
-    [np.concatenate([holdout_pixels[row * columns : (row + 1) * columns], blank[:1],
-                     samples["one_step"][row * columns : (row + 1) * columns], blank[:1],
-                     samples["two_step"][row * columns : (row + 1) * columns]])
-     for row in range(8)]
-)
-save_image_grid(np.repeat(np.repeat(grid, 4, axis=1), 4, axis=2), os.path.join(args.output, "samples.png"),
-                columns=3 * columns + 2)
+# Each digit gets a gray frame, each group a light-gray gap; pixels are shown 4x.
+def framed(images, value):
+    return np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=value)
+
+
+columns, rows = 10, 8
+gap = np.full((rows * (IMAGE_SIZE + 2), 4, 1), 0.5, np.float32)
+panels = []
+for images in (holdout_pixels, samples["one_step"], samples["two_step"]):
+    tiles = framed(images[: rows * columns], -0.6).reshape(rows, columns, IMAGE_SIZE + 2, IMAGE_SIZE + 2, 1)
+    panels += [tiles.transpose(0, 2, 1, 3, 4).reshape(rows * (IMAGE_SIZE + 2), columns * (IMAGE_SIZE + 2), 1), gap]
+grid = np.concatenate(panels[:-1], axis=1)
+save_image_grid(np.repeat(np.repeat(grid[None], 4, axis=1), 4, axis=2), os.path.join(args.output, "samples.png"))
 
 
 def plot_training(path):
@@ -268,6 +275,7 @@ results.update(
     backend=backend,
     seconds=round(time.time() - started, 1),
     steps=args.steps,
+    two_step_ts=list(TWO_STEP_TS),
     classifier_accuracy=accuracy,
     autoencoder_reconstruction_mse=reconstruction_error,
     num_samples=NUM_HOLDOUT,
@@ -279,5 +287,8 @@ write_json_atomic(os.path.join(args.output, "metrics.json"), results)
 print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_holdout", "untrained")}, indent=1))
 if not args.no_ilct:
     print("iLCT:", json.dumps(results["ilct"]))
-stage(f"done. In {args.output}/: samples.png (held-out real | 1-step | 2-step), training.png, metrics.json, "
-      "model.keras, ilct.keras, autoencoder.keras, impulsive_noise.png / .json, data.npz")
+written = ["samples.png (held-out real | 1-step | 2-step)", "training.png", "metrics.json", "model.keras",
+           "autoencoder.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
+if not args.no_ilct:
+    written.insert(4, "ilct.keras")
+stage(f"done. In {args.output}/: " + ", ".join(written))

@@ -278,7 +278,7 @@ class LatentDecoder:
 
     Call arguments:
         samples: NumPy array `(n, h, w, c)` in the model's (normalized) space.
-        Returns float32 images `(n, H, W, 3)` in [-1, 1] (clipped).
+        Returns float32 images `(n, H, W, out_channels)` in [-1, 1] (clipped).
 
     Example:
     ```python
