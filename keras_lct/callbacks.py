@@ -82,8 +82,9 @@ class AdaptiveC(keras.callbacks.Callback):
     Eq. 11 is an absolute schedule, fitted on the paper's 32x32x4 latents.
     For data of another size d, `scale_with_dim=True` multiplies it by
     sqrt(d / 4096), the ratio of iCT's c0 = 0.00054 sqrt(d) at the two sizes
-    (`keras_lct.schedules.dim_scaled_constants`); the quickstart's 4x4x4
-    latents use it.
+    (`keras_lct.schedules.dim_scaled_constants`). On the quickstart's
+    4x4x4 latents it measured worse than eq. 11 as published
+    (docs/results.md), so it is off by default.
 
     Args:
         constants: `"paper"` (eq. 11: -1.18, -0.72), `"authors_code"`

@@ -8,8 +8,8 @@ pixels that ship with the package; nothing is downloaded):
 2. the latents are normalized per element to std 0.5, as the paper's (section 5.1);
 3. a `ConsistencyModel` learns them with every technique of the paper on: Cauchy loss (4.2),
    diffusion loss on the lowest-noise quarter (4.3), minibatch OT pairing (4.4), the
-   exponential curriculum with the adaptive c of eq. 11 (4.5, scaled to d = 64 elements by
-   `AdaptiveC(scale_with_dim=True)`), and a UNet with Non-scaling LayerNorm (4.6);
+   exponential curriculum with the adaptive c of eq. 11 as published (4.5), and a UNet with
+   Non-scaling LayerNorm (4.6);
 4. for comparison, the same network trained as iLCT (iCT on latents: pseudo-Huber loss,
    GroupNorm, independent noise, no diffusion loss, c fixed at iCT's c0);
 5. both are scored with the Frechet distance and recall (k = 3) in the feature space of a small
@@ -18,7 +18,7 @@ pixels that ship with the package; nothing is downloaded):
 6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
 
     KERAS_BACKEND=jax python recipes/quickstart.py            # or torch / tensorflow
-    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 1-minute smoke run
+    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 2-minute smoke run
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
 2-step samples), training.png (the curves), metrics.json, model.keras (sample from it later with
