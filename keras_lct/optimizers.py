@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from keras_lct import backend_ops
+
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class RAdam(keras.optimizers.Optimizer):
@@ -63,6 +65,11 @@ class RAdam(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._momentums, self._velocities = self.add_optimizer_variables(variables, ["momentum", "velocity"])
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # torch: all variables in a few multi-tensor kernels (backend_ops).
+        if not backend_ops.radam_update(self, grads, trainable_variables, learning_rate):
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
 
     def update_step(self, gradient, variable, learning_rate):
         learning_rate = ops.cast(learning_rate, variable.dtype)

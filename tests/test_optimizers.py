@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_lct import backend_ops
 from keras_lct.optimizers import RAdam
 
 
@@ -26,15 +27,17 @@ def numpy_radam(theta, gradients_of, steps, lr, beta_1=0.9, beta_2=0.999, eps=1e
     return theta
 
 
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["fast_paths", "plain"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_radam_matches_the_algorithm(weight_decay):
+def test_radam_matches_the_algorithm(weight_decay, fast_paths):
     target = np.array([1.0, -2.0, 3.0, 0.5])
     start = np.array([0.3, 0.1, -0.4, 2.0], "float32")
     variable = keras.Variable(start)
     optimizer = RAdam(learning_rate=0.05, weight_decay=weight_decay)
     for _ in range(12):  # rho_t > 5 from step 6 on: both branches run
         gradient = 2 * (keras.ops.convert_to_numpy(variable) - target)
-        optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient.astype("float32")), variable)])
+        with backend_ops.use_fast_paths(fast_paths):
+            optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient.astype("float32")), variable)])
     expected = numpy_radam(start, lambda theta: 2 * (theta - target), 12, 0.05, weight_decay=weight_decay)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, rtol=1e-5, atol=1e-6)
 

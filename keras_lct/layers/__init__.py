@@ -10,5 +10,6 @@ from keras_lct.layers.normalization import NonScalingLayerNormalization
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 from keras_lct.layers.unet_blocks import AttentionBlock
+from keras_lct.layers.unet_blocks import Conv2D
 from keras_lct.layers.unet_blocks import Resample2D
 from keras_lct.layers.unet_blocks import UNetBlock

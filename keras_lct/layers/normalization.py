@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_lct import backend_ops
+
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class NonScalingLayerNormalization(keras.layers.Layer):
@@ -45,6 +47,9 @@ class NonScalingLayerNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs):
+        fused = backend_ops.layer_normalization(inputs, self.beta, self.epsilon)
+        if fused is not None:
+            return ops.cast(fused, self.compute_dtype)
         x = ops.cast(inputs, "float32")
         axes = tuple(range(1, len(x.shape)))
         mean, variance = ops.moments(x, axes=axes, keepdims=True)

@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from keras_lct import backend_ops
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 
@@ -23,9 +24,40 @@ def fan_in_initializer(fan_in, zero=False):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+@keras.saving.register_keras_serializable(package="keras_lct")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` that convolves channels_last data on torch without copies.
+
+    Keras' torch convolution copies each channels_last input to NCHW and its
+    output back; this layer hands torch a permuted view instead (an NCHW
+    tensor in channels_last memory, which oneDNN convolves natively) and fuses
+    the bias. Same arguments, weights and results as `keras.layers.Conv2D`;
+    other backends, channels_first data and strided 'same' convolutions run
+    Keras' own code. See `keras_lct.backend_ops`.
+
+    Example:
+    >>> conv = Conv2D(64, 3, padding="same")
+    >>> y = conv(np.zeros((2, 32, 32, 4)))
+    """
+
+    def call(self, inputs):
+        if self.data_format == "channels_last" and self.groups == 1:
+            outputs = backend_ops.conv2d(
+                inputs,
+                self.kernel,
+                self.bias if self.use_bias else None,
+                self.strides,
+                self.padding,
+                self.dilation_rate,
+            )
+            if outputs is not None:
+                return outputs if self.activation is None else self.activation(outputs)
+        return super().call(inputs)
+
+
 def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, strides=1, padding="same"):
     """A biased Conv2D ('same'-padded by default) with the authors' initialization."""
-    return keras.layers.Conv2D(
+    return Conv2D(
         filters,
         kernel_size,
         strides=strides,
@@ -73,6 +105,9 @@ class Resample2D(keras.layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
+        fast = backend_ops.resample_2x(inputs, self.mode)
+        if fast is not None:
+            return fast
         if self.mode == "down":
             return ops.average_pool(inputs, pool_size=2, strides=2, padding="valid")
         return ops.repeat(ops.repeat(inputs, 2, axis=1), 2, axis=2)
@@ -141,11 +176,14 @@ class AttentionBlock(keras.layers.Layer):
         qkv = self.qkv(self.norm_layer(inputs))
         qkv = ops.reshape(qkv, (batch, height * width, self.num_heads, head_channels, 3))
         query, key, value = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-        logits = ops.einsum("bqhc,bkhc->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32"))
-        weights = ops.softmax(logits / math.sqrt(head_channels), axis=-1)
-        attended = ops.einsum("bhqk,bkhc->bqhc", ops.cast(weights, value.dtype), value)
+        attended = backend_ops.dot_product_attention(query, key, value)
+        if attended is None:
+            logits = ops.einsum("bqhc,bkhc->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32"))
+            weights = ops.softmax(logits / math.sqrt(head_channels), axis=-1)
+            attended = ops.einsum("bhqk,bkhc->bqhc", ops.cast(weights, value.dtype), value)
         attended = ops.reshape(attended, (batch, height, width, self.channels))
-        return (self.proj(attended) + inputs) * self.skip_scale
+        outputs = self.proj(attended) + inputs
+        return outputs if self.skip_scale == 1 else outputs * self.skip_scale
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -286,7 +324,9 @@ class UNetBlock(keras.layers.Layer):
             h = ops.silu(self.norm1(h + params))
         h = self.conv1(self.dropout_layer(h, training=training))
         skip = self.skip(original) if self.skip is not None else original
-        x = (h + ops.cast(skip, h.dtype)) * self.skip_scale
+        x = h + ops.cast(skip, h.dtype)
+        if self.skip_scale != 1:
+            x = x * self.skip_scale
         if self.attention_block is not None:
             x = self.attention_block(x)
         return x

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lct import backend_ops
 from keras_lct import losses
 from keras_lct import schedules
 from keras_lct._validation import check_choice
@@ -298,7 +299,8 @@ class ConsistencyModel(keras.Model):
         next_t = self._sigma(index + 1, num_scales)
 
         student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
-        target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
+        with backend_ops.no_gradient():
+            target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
 
@@ -359,6 +361,8 @@ class ConsistencyModel(keras.Model):
     def _update_ema(self):
         # At the start of step k the EMA folds in the weights step k starts from.
         for decay, averages in zip(self.ema_decays, self.ema_weights):
+            if backend_ops.exponential_moving_average(averages, self.network.trainable_variables, decay):
+                continue
             for average, variable in zip(averages, self.network.trainable_variables):
                 average.assign(decay * average + (1.0 - decay) * ops.stop_gradient(ops.convert_to_tensor(variable)))
 

@@ -1,0 +1,191 @@
+"""Backend-specific fast paths of the training step, in one place.
+
+Everything else in keras-lct is written once with `keras.ops`, and that code
+stays the reference. The functions here compute the same values on the torch
+backend without what eager Keras costs there; each returns None where it does
+not apply (another backend, another layout, fast paths switched off), and the
+caller then runs its plain `keras.ops` code. jax and tensorflow need none of
+them: XLA and Grappler fuse the plain code.
+
+- `conv2d`: torch convolves NCHW, so Keras' torch `conv` copies every
+  channels_last input to a contiguous NCHW tensor and then back to
+  channels_last memory, per convolution, forward and backward. A permuted
+  view of a contiguous NHWC tensor already *is* an NCHW tensor in
+  channels_last memory, which oneDNN convolves natively: no copy at all.
+- `layer_normalization`, `dot_product_attention`: one fused kernel each
+  instead of a sequence of ops (moments / rsqrt / ...; einsum / softmax /
+  einsum); `resample_2x` on channels_last memory instead of two copies.
+- `no_gradient`: the stop-gradient target forward without recording an
+  autograd graph (torch `no_grad`), so its activations are freed as it goes.
+- `exponential_moving_average`, `radam_update`: the EMA and RAdam updates of
+  all variables in a few multi-tensor (`torch._foreach_*`) kernels instead of
+  a handful of ops per variable.
+
+`use_fast_paths(False)` switches all of them off (the tests check that both
+paths give the same loss, gradients and updates).
+"""
+
+import contextlib
+import math
+import threading
+
+import keras
+from keras import ops
+
+_STATE = threading.local()
+
+
+def fast_paths_enabled():
+    """Whether the torch fast paths are active (torch backend, not switched off)."""
+    return getattr(_STATE, "enabled", True) and keras.backend.backend() == "torch"
+
+
+@contextlib.contextmanager
+def use_fast_paths(enabled=True):
+    """Context that turns the backend fast paths on or off (for tests, debugging).
+
+    Example:
+    ```python
+    with keras_lct.backend_ops.use_fast_paths(False):
+        loss = model.compute_loss(x)        # the plain keras.ops code
+    ```
+    """
+    previous = getattr(_STATE, "enabled", True)
+    _STATE.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _STATE.enabled = previous
+
+
+def _channels_last_tensor(inputs):
+    """The torch tensor of a rank-4 contiguous NHWC input, or None."""
+    if not fast_paths_enabled() or len(inputs.shape) != 4:
+        return None
+    x = ops.convert_to_tensor(inputs)
+    return x if x.is_contiguous() else None
+
+
+def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
+    """`ops.conv(inputs, kernel, ...) + bias` for channels_last inputs and a
+    (kh, kw, in, out) kernel, or None (strided or even-sized 'same')."""
+    x = _channels_last_tensor(inputs)
+    if x is None:
+        return None
+    if padding == "valid":
+        torch_padding = 0
+    elif all(stride == 1 for stride in strides) and all(size % 2 for size in kernel.shape[:2]):
+        torch_padding = tuple(rate * (size - 1) // 2 for size, rate in zip(kernel.shape[:2], dilation_rate))
+    else:
+        return None
+    import torch.nn.functional as F
+
+    weight = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)
+    bias = None if bias is None else ops.convert_to_tensor(bias)
+    outputs = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, tuple(strides), torch_padding, tuple(dilation_rate))
+    return outputs.permute(0, 2, 3, 1)
+
+
+def layer_normalization(inputs, beta, epsilon):
+    """Normalization over all non-batch axes, no scale, plus `beta`, in float32; or None."""
+    if not fast_paths_enabled():
+        return None
+    import torch.nn.functional as F
+
+    x = ops.convert_to_tensor(inputs).float()
+    return F.layer_norm(x, tuple(x.shape[1:]), None, ops.convert_to_tensor(beta).float(), epsilon)
+
+
+def resample_2x(inputs, mode):
+    """2x2 average pooling (`mode="down"`) or nearest x2 upsampling (`"up"`) of
+    channels_last `inputs`, on their channels_last memory; or None."""
+    x = _channels_last_tensor(inputs)
+    if x is None:
+        return None
+    import torch.nn.functional as F
+
+    x = x.permute(0, 3, 1, 2)
+    y = F.avg_pool2d(x, 2) if mode == "down" else F.interpolate(x, scale_factor=2, mode="nearest")
+    return y.permute(0, 2, 3, 1)
+
+
+def dot_product_attention(query, key, value):
+    """`softmax(q k^T / sqrt(d)) v` for (batch, tokens, heads, d) inputs, in
+    float32, by torch's fused attention kernel; returned as (batch, tokens,
+    heads, d) in the dtype of `value`; or None."""
+    if not fast_paths_enabled():
+        return None
+    import torch.nn.functional as F
+
+    dtype = ops.convert_to_tensor(value).dtype
+    query, key, value = (ops.convert_to_tensor(t).float().transpose(1, 2) for t in (query, key, value))
+    return F.scaled_dot_product_attention(query, key, value).transpose(1, 2).to(dtype)
+
+
+def no_gradient():
+    """Context for a forward whose result is only used under `stop_gradient`.
+
+    torch: `torch.no_grad()`; otherwise a no-op (jax and tensorflow drop what
+    no gradient needs when they compile the step).
+    """
+    if fast_paths_enabled():
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def exponential_moving_average(averages, variables, decay):
+    """`average <- decay average + (1 - decay) variable` in place, for Keras
+    variables; returns True, or None when the fast path does not apply."""
+    if not fast_paths_enabled():
+        return None
+    import torch
+
+    with torch.no_grad():
+        torch._foreach_lerp_([a.value for a in averages], [v.value for v in variables], 1.0 - decay)
+    return True
+
+
+def radam_update(optimizer, gradients, variables, learning_rate):
+    """One step of `keras_lct.optimizers.RAdam` with multi-tensor kernels;
+    returns True, or None when the fast path does not apply.
+
+    The arithmetic of `RAdam.update_step`, with the step's scalar factors
+    computed in float64 (as `torch.optim.RAdam` computes them).
+    """
+    if not fast_paths_enabled():
+        return None
+    import torch
+
+    with torch.no_grad():
+        params = [variable.value for variable in variables]
+        indices = [optimizer._get_variable_index(variable) for variable in variables]
+        momentums = [optimizer._momentums[index].value for index in indices]
+        velocities = [optimizer._velocities[index].value for index in indices]
+        gradients = [ops.convert_to_tensor(g).to(p.dtype) for g, p in zip(gradients, params)]
+        if optimizer.coupled_weight_decay:
+            gradients = torch._foreach_add(gradients, params, alpha=optimizer.coupled_weight_decay)
+        beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
+        torch._foreach_lerp_(momentums, gradients, 1.0 - beta_1)
+        torch._foreach_mul_(velocities, beta_2)
+        torch._foreach_addcmul_(velocities, gradients, gradients, value=1.0 - beta_2)
+
+        step = float(ops.convert_to_numpy(optimizer.iterations)) + 1.0
+        learning_rate = float(ops.convert_to_numpy(learning_rate))
+        one_minus_beta_1_power = -math.expm1(step * math.log(beta_1))
+        one_minus_beta_2_power = -math.expm1(step * math.log(beta_2))
+        rho_infinity = 2.0 / (1.0 - beta_2) - 1.0
+        rho = rho_infinity - 2.0 * step * (1.0 - one_minus_beta_2_power) / one_minus_beta_2_power
+        step_size = learning_rate / one_minus_beta_1_power
+        if rho > 5.0:
+            rectification = math.sqrt(
+                (rho - 4.0) * (rho - 2.0) * rho_infinity / ((rho_infinity - 4.0) * (rho_infinity - 2.0) * rho)
+            )
+            denominators = torch._foreach_sqrt(velocities)
+            torch._foreach_add_(denominators, optimizer.epsilon)
+            scale = step_size * rectification * math.sqrt(one_minus_beta_2_power)
+            torch._foreach_addcdiv_(params, momentums, denominators, value=-scale)
+        else:
+            torch._foreach_add_(params, momentums, alpha=-step_size)
+    return True

@@ -1,0 +1,155 @@
+"""The backend fast paths (keras_lct.backend_ops) give what the plain keras.ops code gives.
+
+On torch these compare two different computations (fused kernels, copy-free
+layouts, multi-tensor updates) against Keras' own; on jax and tensorflow no
+fast path exists and both sides run the same code, which the same tests pin.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_lct import backend_ops
+from keras_lct.layers import Conv2D
+from keras_lct.layers import NonScalingLayerNormalization
+from keras_lct.models import ConsistencyModel
+from keras_lct.models import UNet
+from keras_lct.optimizers import RAdam
+
+RNG = np.random.default_rng(0)
+
+
+def value_and_gradients(fn, variables):
+    """fn() (a scalar built from Keras variables) and its gradients w.r.t. `variables`."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def stateless(values):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return fn()
+
+        value, grads = jax.value_and_grad(stateless)([v.value for v in variables])
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    if backend == "torch":
+        for variable in variables:
+            variable.value.grad = None
+        value = fn()
+        value.backward()
+        grads = [ops.convert_to_numpy(v.value.grad) for v in variables]
+        for variable in variables:
+            variable.value.grad = None
+        return value.detach().cpu().numpy(), grads
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        value = fn()
+    grads = tape.gradient(value, [v.value for v in variables])
+    return value.numpy(), [g.numpy() for g in grads]
+
+
+def both_paths(fn, variables):
+    with backend_ops.use_fast_paths(True):
+        fast = value_and_gradients(fn, variables)
+    with backend_ops.use_fast_paths(False):
+        plain = value_and_gradients(fn, variables)
+    return fast, plain
+
+
+def assert_close(fast, plain, rtol=2e-5, atol=2e-6):
+    (fast_value, fast_grads), (plain_value, plain_grads) = fast, plain
+    np.testing.assert_allclose(fast_value, plain_value, rtol=rtol, atol=atol)
+    assert len(fast_grads) == len(plain_grads)
+    for a, b in zip(fast_grads, plain_grads):
+        scale = np.abs(b).max() + 1e-12
+        np.testing.assert_allclose(a / scale, b / scale, rtol=rtol, atol=atol)
+
+
+def test_fast_paths_are_on_only_for_torch_and_can_be_switched_off():
+    assert backend_ops.fast_paths_enabled() == (keras.backend.backend() == "torch")
+    with backend_ops.use_fast_paths(False):
+        assert not backend_ops.fast_paths_enabled()
+    assert backend_ops.fast_paths_enabled() == (keras.backend.backend() == "torch")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(filters=8, kernel_size=3, padding="same"),
+        dict(filters=8, kernel_size=1, padding="same"),
+        dict(filters=6, kernel_size=3, padding="valid", dilation_rate=2),
+        dict(filters=8, kernel_size=3, padding="same", strides=2),  # Keras' own code
+        dict(filters=8, kernel_size=3, padding="same", use_bias=False),
+    ],
+)
+def test_conv2d_equals_keras_conv2d(kwargs):
+    x = keras.Variable(RNG.normal(size=(2, 9, 9, 5)).astype("float32"))
+    layer = Conv2D(**kwargs, bias_initializer="glorot_uniform")
+    layer.build(x.shape)
+    reference = keras.layers.Conv2D(**kwargs)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    weights = np.asarray(RNG.normal(size=ops.shape(layer(x))), "float32")
+    fast, plain = both_paths(lambda: ops.sum(ops.multiply(layer(x), weights)), [x] + layer.trainable_variables)
+    assert_close(fast, plain)
+    keras_value, _ = value_and_gradients(lambda: ops.sum(ops.multiply(reference(x), weights)), [x])
+    np.testing.assert_allclose(fast[0], keras_value, rtol=2e-5)
+
+
+def test_nsln_fused_equals_plain():
+    x = keras.Variable((1.0 + 3.0 * RNG.normal(size=(3, 4, 4, 8))).astype("float32"))
+    layer = NonScalingLayerNormalization()
+    layer.build(x.shape)
+    layer.beta.assign(RNG.normal(size=layer.beta.shape).astype("float32"))
+    weights = np.asarray(RNG.normal(size=x.shape), "float32")
+    fast, plain = both_paths(lambda: ops.sum(ops.multiply(layer(x), weights)), [x, layer.beta])
+    assert_close(fast, plain)
+
+
+def small_model(norm):
+    keras.utils.set_random_seed(0)
+    network = UNet(img_resolution=8, in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2),
+                   num_blocks=1, attn_resolutions=(4,), channels_per_head=16, norm=norm)
+    model = ConsistencyModel(network, num_scales=21)
+    model.build((None, 8, 8, 4))
+    # Every weight random (zero-initialized output layers would hide most gradients).
+    rng = np.random.default_rng(1)
+    for variable in network.trainable_variables:
+        variable.assign(0.2 * rng.normal(size=variable.shape).astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("norm", ["nsln", "group"])
+def test_training_loss_and_gradients_equal_on_both_paths(norm):
+    model = small_model(norm)
+    clean = RNG.normal(size=(6, 8, 8, 4)).astype("float32")
+    noise = RNG.normal(size=(6, 8, 8, 4)).astype("float32")
+    variables = model.network.trainable_variables
+
+    def loss():
+        return model.compute_loss(x=clean, y=noise, training=False)
+
+    fast, plain = both_paths(loss, variables)
+    assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    assert all(np.abs(g).max() > 0 for g in plain[1])
+
+
+def test_fit_steps_equal_on_both_paths():
+    """RAdam (both of its branches), the EMA and the step's state, through `fit`."""
+    clean = RNG.normal(size=(8 * 4, 8, 8, 4)).astype("float32")
+    results = {}
+    for enabled in (True, False):
+        with backend_ops.use_fast_paths(enabled):
+            model = small_model("nsln")
+            model.compile(optimizer=RAdam(1e-3, weight_decay=1e-2))
+            history = model.fit(clean, batch_size=8, epochs=2, shuffle=False, verbose=0)  # 8 steps: rho_t > 5 from 6
+            results[enabled] = (
+                history.history["loss"],
+                [ops.convert_to_numpy(v) for v in model.network.trainable_variables],
+                [ops.convert_to_numpy(v) for v in model.ema_weights[0]],
+            )
+    (fast_loss, fast_weights, fast_ema), (plain_loss, plain_weights, plain_ema) = results[True], results[False]
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-4)
+    for a, b in zip(fast_weights + fast_ema, plain_weights + plain_ema):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
