@@ -1,0 +1,82 @@
+"""What the backend fast paths buy: the same training step with them on and off, interleaved.
+
+One process, one model: steps alternate between `keras_lct.backend_ops.use_fast_paths(True)` and
+`(False)` on the same OT-paired batch, so both see the same machine state (this machine's timings
+drift by +-20% between runs; an interleaved ratio does not). Fast paths exist on torch only; on
+jax and tensorflow both columns run the same code and the ratio is ~1.
+
+    KERAS_BACKEND=torch python bench/fast_paths.py --presets tiny small --batch-sizes 8 32
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["tiny"], help="UNet presets (default: tiny)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32])
+    parser.add_argument("--rounds", type=int, default=10, help="timed (fast, plain) pairs per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first")
+    parser.add_argument("--output", help="also write the JSON here")
+    return parser.parse_args()
+
+
+args = parse_args()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_lct import backend_ops  # noqa: E402
+from keras_lct.coupling import pair_noise  # noqa: E402
+from keras_lct.models import ConsistencyModel  # noqa: E402
+from keras_lct.models import UNet  # noqa: E402
+from keras_lct.optimizers import RAdam  # noqa: E402
+
+
+def measure(preset, batch_size):
+    keras.utils.set_random_seed(0)
+    model = ConsistencyModel(UNet.from_preset(preset))
+    model.build((None, 32, 32, 4))
+    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
+    model.set_curriculum(70000)
+    model.set_robustness_schedule()
+    model.training_step.assign(35000)  # mid-curriculum, as ../shared/perf/compare_step.py
+    rng = np.random.default_rng(1)
+    clean = (0.5 * rng.standard_normal((batch_size, 32, 32, 4))).astype("float32")
+    durations = {True: [], False: []}
+    for round_index in range(args.warmup + args.rounds):
+        for enabled in (True, False):
+            noise = pair_noise(clean, rng.standard_normal(clean.shape).astype("float32"), ot=True)
+            with backend_ops.use_fast_paths(enabled):
+                start = time.perf_counter()
+                model.train_on_batch(clean, noise)
+                if round_index >= args.warmup:
+                    durations[enabled].append(time.perf_counter() - start)
+    fast, plain = statistics.median(durations[True]), statistics.median(durations[False])
+    return {
+        "preset": preset,
+        "batch_size": batch_size,
+        "fast_median_s": fast,
+        "plain_median_s": plain,
+        "plain_over_fast": plain / fast,
+        "rounds": args.rounds,
+    }
+
+
+results = {"backend": keras.backend.backend(), "keras": keras.__version__, "runs": []}
+for preset in args.presets:
+    for batch_size in args.batch_sizes:
+        run = measure(preset, batch_size)
+        print(
+            f"{results['backend']} {preset} b{batch_size}: fast {run['fast_median_s']:.3f} s/step, "
+            f"plain {run['plain_median_s']:.3f} s/step, speed-up {run['plain_over_fast']:.2f}x",
+            flush=True,
+        )
+        results["runs"].append(run)
+print(json.dumps(results, indent=2))
+if args.output:
+    with open(args.output, "w") as file:
+        json.dump(results, file, indent=2)
