@@ -26,7 +26,6 @@ paths give the same loss, gradients and updates).
 """
 
 import contextlib
-import math
 import threading
 
 import keras
@@ -147,45 +146,26 @@ def exponential_moving_average(averages, variables, decay):
     return True
 
 
-def radam_update(optimizer, gradients, variables, learning_rate):
-    """One step of `keras_lct.optimizers.RAdam` with multi-tensor kernels;
-    returns True, or None when the fast path does not apply.
-
-    The arithmetic of `RAdam.update_step`, with the step's scalar factors
-    computed in float64 (as `torch.optim.RAdam` computes them).
-    """
-    if not fast_paths_enabled():
-        return None
+def radam_update(variables, momentums, velocities, gradients, step_factors, beta_1, beta_2, epsilon, weight_decay):
+    """One RAdam step over all variables in multi-tensor kernels, with the
+    scalar `step_factors` of `keras_lct.optimizers.RAdam._step_factors`;
+    torch only (the caller checks `fast_paths_enabled()`)."""
     import torch
 
+    momentum_step, adaptive_factor, adaptive = (float(ops.convert_to_numpy(f)) for f in step_factors)
     with torch.no_grad():
         params = [variable.value for variable in variables]
-        indices = [optimizer._get_variable_index(variable) for variable in variables]
-        momentums = [optimizer._momentums[index].value for index in indices]
-        velocities = [optimizer._velocities[index].value for index in indices]
+        momentums = [momentum.value for momentum in momentums]
+        velocities = [velocity.value for velocity in velocities]
         gradients = [ops.convert_to_tensor(g).to(p.dtype) for g, p in zip(gradients, params)]
-        if optimizer.coupled_weight_decay:
-            gradients = torch._foreach_add(gradients, params, alpha=optimizer.coupled_weight_decay)
-        beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
+        if weight_decay:
+            gradients = torch._foreach_add(gradients, params, alpha=weight_decay)
         torch._foreach_lerp_(momentums, gradients, 1.0 - beta_1)
         torch._foreach_mul_(velocities, beta_2)
         torch._foreach_addcmul_(velocities, gradients, gradients, value=1.0 - beta_2)
-
-        step = float(ops.convert_to_numpy(optimizer.iterations)) + 1.0
-        learning_rate = float(ops.convert_to_numpy(learning_rate))
-        one_minus_beta_1_power = -math.expm1(step * math.log(beta_1))
-        one_minus_beta_2_power = -math.expm1(step * math.log(beta_2))
-        rho_infinity = 2.0 / (1.0 - beta_2) - 1.0
-        rho = rho_infinity - 2.0 * step * (1.0 - one_minus_beta_2_power) / one_minus_beta_2_power
-        step_size = learning_rate / one_minus_beta_1_power
-        if rho > 5.0:
-            rectification = math.sqrt(
-                (rho - 4.0) * (rho - 2.0) * rho_infinity / ((rho_infinity - 4.0) * (rho_infinity - 2.0) * rho)
-            )
+        if adaptive:
             denominators = torch._foreach_sqrt(velocities)
-            torch._foreach_add_(denominators, optimizer.epsilon)
-            scale = step_size * rectification * math.sqrt(one_minus_beta_2_power)
-            torch._foreach_addcdiv_(params, momentums, denominators, value=-scale)
+            torch._foreach_add_(denominators, epsilon)
+            torch._foreach_addcdiv_(params, momentums, denominators, value=-momentum_step * adaptive_factor)
         else:
-            torch._foreach_add_(params, momentums, alpha=-step_size)
-    return True
+            torch._foreach_add_(params, momentums, alpha=-momentum_step)

@@ -14,6 +14,7 @@ to `model.fit`.
 Reference: paper section 4.4; `REFERENCE.md` "Minibatch OT".
 """
 
+import functools
 import os
 import warnings
 
@@ -39,7 +40,11 @@ def _import_pot():
     return ot
 
 
-_BLAS_CONTROLLER = []
+@functools.cache
+def _blas_threads():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _one_blas_thread():
@@ -50,11 +55,7 @@ def _one_blas_thread():
     takes the cores from the step (measured: ~40 ms of every torch step on 2
     cores, single-element ops stalled for whole scheduler slices).
     """
-    if not _BLAS_CONTROLLER:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+    return _blas_threads().limit(limits=1, user_api="blas")
 
 
 def transport_cost(x0, noise):

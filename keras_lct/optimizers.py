@@ -66,35 +66,54 @@ class RAdam(keras.optimizers.Optimizer):
         super().build(variables)
         self._momentums, self._velocities = self.add_optimizer_variables(variables, ["momentum", "velocity"])
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # torch: all variables in a few multi-tensor kernels (backend_ops).
-        if not backend_ops.radam_update(self, grads, trainable_variables, learning_rate):
-            super()._backend_update_step(grads, trainable_variables, learning_rate)
-
-    def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        if self.coupled_weight_decay:
-            gradient = gradient + self.coupled_weight_decay * variable
+    def _step_factors(self, learning_rate):
+        """Scalars of step t = iterations + 1: `(lr / (1 - beta_1^t),
+        sqrt(1 - beta_2^t) r_t, rho_t > 5)`, the momentum step size, the
+        adaptive step's extra factor, and which branch RAdam takes."""
         step = ops.cast(self.iterations + 1, "float32")
         # 1 - beta^t through expm1: rho_t below cancels ~3 digits in float32.
         one_minus_beta_1_power = -ops.expm1(step * math.log(self.beta_1))
         one_minus_beta_2_power = -ops.expm1(step * math.log(self.beta_2))
-        momentum = self._momentums[self._get_variable_index(variable)]
-        velocity = self._velocities[self._get_variable_index(variable)]
-        self.assign_add(momentum, ops.multiply(ops.subtract(gradient, momentum), 1 - self.beta_1))
-        self.assign_add(velocity, ops.multiply(ops.subtract(ops.square(gradient), velocity), 1 - self.beta_2))
-
-        corrected_momentum = momentum / ops.cast(one_minus_beta_1_power, variable.dtype)
         rho_infinity = 2.0 / (1.0 - self.beta_2) - 1.0
         rho = rho_infinity - 2.0 * step * (1.0 - one_minus_beta_2_power) / one_minus_beta_2_power
         safe_rho = ops.maximum(rho, 5.0 + 1e-3)
         rectification = ops.sqrt(
             (safe_rho - 4.0) * (safe_rho - 2.0) * rho_infinity / ((rho_infinity - 4.0) * (rho_infinity - 2.0) * safe_rho)
         )
-        adaptive = ops.sqrt(one_minus_beta_2_power) / (ops.sqrt(velocity) + self.epsilon)
-        update = ops.where(rho > 5.0, corrected_momentum * adaptive * rectification, corrected_momentum)
-        self.assign_sub(variable, learning_rate * update)
+        momentum_step = ops.cast(learning_rate, "float32") / one_minus_beta_1_power
+        return momentum_step, ops.sqrt(one_minus_beta_2_power) * rectification, rho > 5.0
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # torch: all variables in a few multi-tensor kernels (backend_ops).
+        if backend_ops.fast_paths_enabled():
+            indices = [self._get_variable_index(variable) for variable in trainable_variables]
+            backend_ops.radam_update(
+                trainable_variables,
+                [self._momentums[index] for index in indices],
+                [self._velocities[index] for index in indices],
+                grads,
+                self._step_factors(learning_rate),
+                self.beta_1,
+                self.beta_2,
+                self.epsilon,
+                self.coupled_weight_decay,
+            )
+            return
+        super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.coupled_weight_decay:
+            gradient = gradient + self.coupled_weight_decay * variable
+        momentum_step, adaptive_factor, adaptive = self._step_factors(learning_rate)
+        momentum = self._momentums[self._get_variable_index(variable)]
+        velocity = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(momentum, ops.multiply(ops.subtract(gradient, momentum), 1 - self.beta_1))
+        self.assign_add(velocity, ops.multiply(ops.subtract(ops.square(gradient), velocity), 1 - self.beta_2))
+
+        momentum = ops.convert_to_tensor(momentum)
+        adaptive_update = momentum * ops.cast(adaptive_factor, variable.dtype) / (ops.sqrt(velocity) + self.epsilon)
+        self.assign_sub(variable, ops.cast(momentum_step, variable.dtype) * ops.where(adaptive, adaptive_update, momentum))
 
     def get_config(self):
         config = super().get_config()
