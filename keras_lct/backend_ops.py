@@ -23,15 +23,33 @@ them: XLA and Grappler fuse the plain code.
 
 `use_fast_paths(False)` switches all of them off (the tests check that both
 paths give the same loss, gradients and updates).
+
+One process-wide setting is also here, `keep_large_allocations_on_the_heap`:
+tensorflow's first generator dataset (every `PyDataset` that `fit` reads on
+tensorflow becomes one) sets glibc's trim threshold to 128 KiB, which freezes
+malloc's mmap threshold at its initial 128 KiB, so every activation of every
+step is then mapped, page-faulted in and unmapped again: the step on a
+`NoisePairedDataset` ran at half speed. Importing keras-lct on tensorflow
+restores glibc's steady state once, before any dataset is read.
 """
 
 import contextlib
+import ctypes
+import functools
+import sys
 import threading
 
 import keras
 from keras import ops
 
 _STATE = threading.local()
+
+# glibc's mallopt parameters, and the ceiling its dynamic mmap threshold grows
+# to on 64-bit systems (its trim threshold follows at twice the mmap threshold).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 32 * 1024 * 1024
+_TRIM_THRESHOLD = 2 * _MMAP_THRESHOLD
 
 
 def fast_paths_enabled():
@@ -169,3 +187,30 @@ def radam_update(variables, momentums, velocities, gradients, step_factors, beta
             torch._foreach_addcdiv_(params, momentums, denominators, value=-momentum_step * adaptive_factor)
         else:
             torch._foreach_add_(params, momentums, alpha=-momentum_step)
+
+
+@functools.cache
+def keep_large_allocations_on_the_heap():
+    """Undoes tensorflow's malloc setting for generator datasets, once per process.
+
+    On the tensorflow backend under glibc (Linux), starts one empty generator
+    dataset, which is when tensorflow applies its setting (once per process),
+    then sets malloc's mmap and trim thresholds to the values glibc itself
+    settles at under large allocations (32 and 64 MiB). Elsewhere it does
+    nothing. `import keras_lct` calls it.
+
+    Returns:
+        True when the thresholds were set, False when nothing was done.
+    """
+    if keras.backend.backend() != "tensorflow" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    import tensorflow as tf
+
+    empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=tf.TensorSpec((), tf.int32))
+    for _ in empty:
+        pass
+    return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1

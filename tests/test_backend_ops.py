@@ -153,3 +153,34 @@ def test_fit_steps_equal_on_both_paths():
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-4)
     for a, b in zip(fast_weights + fast_ema, plain_weights + plain_ema):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _NumberedBatches(keras.utils.PyDataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return np.full((4, 3), index, "float32"), np.zeros((4, 1), "float32")
+
+
+def _page_faults_of_large_buffers(count=20, size=4 << 20):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        buffer = np.ones(size // 8)
+        del buffer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_large_allocations_stay_on_the_heap_after_fit_reads_a_py_dataset():
+    # On tensorflow, fit turns a PyDataset into a generator dataset, whose first
+    # iterator froze malloc's mmap threshold at 128 KiB: every 4 MiB buffer was
+    # then mapped and faulted in anew (1,024 faults each); on the heap it is reused.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(_NumberedBatches(), epochs=1, verbose=0)
+    faults = _page_faults_of_large_buffers()
+    assert faults < 2 * (4 << 20) // 4096, f"{faults} page faults for 20 reused 4 MiB buffers"
+    pinned = backend_ops.keep_large_allocations_on_the_heap()
+    assert pinned is (keras.backend.backend() == "tensorflow")
