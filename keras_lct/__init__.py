@@ -16,6 +16,7 @@ from keras_lct import losses
 from keras_lct import metrics
 from keras_lct import models
 from keras_lct import optimizers
+from keras_lct import saving
 from keras_lct import schedules
 from keras_lct import vae
 

@@ -30,6 +30,35 @@ def check_int(name, value, minimum=None):
     return int(value)
 
 
+# Seeds reach int32 tensors inside the compiled step on every backend.
+MAX_SEED = 2**31 - 1
+
+
+def check_seed(name, value, allow_none=False):
+    """Raises ValueError unless `value` is an integer seed in [0, 2**31 - 1] (or None if allowed)."""
+    if value is None and allow_none:
+        return None
+    accepted = f"an integer in [0, {MAX_SEED}]" + (" or None" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`{name}` must be {accepted}; received {value!r}.")
+    return int(value)
+
+
+def check_float_data(dtype, what):
+    """Raises ValueError unless `dtype` is a float dtype; says how to scale integer images."""
+    name = getattr(dtype, "name", str(dtype))
+    if "float" in name:  # bfloat16 and float8 types included, which NumPy does not name
+        return
+    if name.startswith(("int", "uint")):
+        raise ValueError(
+            f"{what} has integer dtype {name}. Training on it would use its raw values "
+            "(0-255 for 8-bit images), not the [-1, 1] images or normalized latents the model expects. "
+            "Scale 8-bit images with `keras_lct.data.images_to_unit_range(x)` (x / 127.5 - 1) or "
+            "encode them to latents first; cast other data with `x.astype('float32')`."
+        )
+    raise ValueError(f"{what} has dtype {name}; expected float numbers, e.g. `x.astype('float32')`.")
+
+
 def check_positive(name, value, allow_zero=False):
     """Raises ValueError unless `value` is a finite number > 0 (or >= 0)."""
     accepted = "a finite number >= 0" if allow_zero else "a finite number > 0"

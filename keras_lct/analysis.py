@@ -24,6 +24,7 @@ from keras import ops
 from keras_lct import schedules
 from keras_lct._io import atomic_path
 from keras_lct._validation import check_int
+from keras_lct._validation import check_seed
 
 INNER_FENCE_IQRS = 1.5
 OUTER_FENCE_IQRS = 3.0
@@ -163,7 +164,7 @@ def td_values(model, x0, num_scales=21, seed=0, batch_size=256, max_values=None)
     if not isinstance(model, ConsistencyModel):
         raise ValueError(f"`model` must be a keras_lct.models.ConsistencyModel; received {type(model).__name__}.")
     num_scales = check_int("num_scales", num_scales, minimum=2)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     sample_shape = _sample_shape(x0)
     if not model.built:
@@ -209,7 +210,7 @@ def data_values(x0, seed=0, batch_size=256, max_values=None, name="data values")
     Returns:
         flat NumPy float32 array.
     """
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     sample_shape = _sample_shape(x0)
     rows = (x0[start : start + batch_size] for start in range(0, len(x0), batch_size))
@@ -332,7 +333,7 @@ def plot_impulsive_noise(values, path, num_scales=21, seed=0, dpi=100):
 
     if not values:
         raise ValueError("`values` holds no group to plot.")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed("seed", seed))
     figure = Figure(figsize=(9, 3.6 * len(values)), dpi=dpi)
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(values), 2, squeeze=False)

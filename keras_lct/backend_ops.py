@@ -52,6 +52,38 @@ _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 2 * _MMAP_THRESHOLD
 
 
+def after(tensors):
+    """Context whose (stateful) ops run only once `tensors` are computed.
+
+    On tensorflow, a graph runs every op whose inputs are ready, so a step
+    whose batch fails to arrive (an error in the input pipeline) would still
+    apply the state updates that do not read the batch, such as the step
+    counter. On jax and torch the step does not start without its batch, and
+    this is a no-op.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.control_dependencies(tensors)
+
+
+def check_sample_shape(batch, sample_shape, message):
+    """Raises `message` when the step runs on a batch whose samples are not `sample_shape`.
+
+    For a batch traced with unknown sample dimensions (tensorflow reading a
+    PyDataset whose first batches differ in shape); the error names the
+    batch's shape instead of surfacing from inside some layer. Elsewhere the
+    shapes are known when the step is traced and checked then.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    tf.debugging.assert_equal(tf.shape(batch)[1:], tf.constant(sample_shape), message=message.replace(
+        f"{tuple(batch.shape[1:])} (batch shape {tuple(batch.shape)})", "(given below)"))
+
+
 def fast_paths_enabled():
     """Whether the torch fast paths are active (torch backend, not switched off)."""
     return getattr(_STATE, "enabled", True) and keras.backend.backend() == "torch"

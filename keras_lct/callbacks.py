@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_lct import schedules
 from keras_lct._io import atomic_path
+from keras_lct._validation import check_seed
 from keras_lct.data.images import images_to_uint8
 
 
@@ -180,7 +181,7 @@ class SampleGrid(_EveryEpochs):
         super().__init__(every_epochs)
         self.directory = directory
         self.num_samples = num_samples
-        self.seed = seed
+        self.seed = check_seed("seed", seed)
         self.steps = steps
         self.decode = decode
         self.written = []
@@ -251,6 +252,9 @@ def save_image_grid(images, path, columns=None):
 
     Returns:
         the uint8 grid `(rows * H, columns * W, 3)` that was written.
+
+    Raises:
+        ValueError: for a shape other than `(n, H, W, C)`, or NaN/inf values.
     """
     try:
         from PIL import Image
@@ -263,7 +267,14 @@ def save_image_grid(images, path, columns=None):
         images = images[..., :3] if images.shape[-1] > 3 else images[..., :1]
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    pixels = images_to_uint8(np.nan_to_num(images))
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"{int((~finite).sum())} of the {len(images)} images hold NaN or inf values (first: image "
+            f"{int(np.argmin(finite))}), which a PNG cannot show; no grid was written. Samples like these "
+            "mean the model's weights diverged: check the training loss."
+        )
+    pixels = images_to_uint8(images)
     count, height, width, _ = pixels.shape
     columns = columns or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / columns))

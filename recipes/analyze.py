@@ -127,7 +127,7 @@ def main(argv=None):
     models, described = {}, {}
     for group, x0 in groups.items():
         if group == "latent" and args.model:
-            model = keras.models.load_model(args.model, compile=False)
+            model = keras_lct.saving.load_model(args.model, compile=False)
             if not isinstance(model, ConsistencyModel):
                 raise SystemExit(f"error: {args.model} holds a {type(model).__name__}, not a ConsistencyModel.")
             if tuple(model.data_shape) != x0.shape[1:]:

@@ -74,7 +74,7 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    import keras_lct  # noqa: F401  (registers the classes the model is made of)
+    import keras_lct  # registers the classes the model is made of
     from keras_lct import metrics
     from keras_lct._io import write_json_atomic
     from keras_lct.data import ImageFolder
@@ -100,7 +100,7 @@ def main(argv=None):
             features["vgg"].append(vgg(images, batch_size=args.batch_size))
 
     # ## 2. The model and the autoencoder that decodes its samples.
-    model = keras.models.load_model(args.model, compile=False)
+    model = keras_lct.saving.load_model(args.model, compile=False)
     vae = load_autoencoder(args.vae, preset=args.vae_preset)
     decode = LatentDecoder(model.latent_normalization, vae, batch_size=args.batch_size)
     resolution = model.data_shape[0] * vae.downsampling_factor

@@ -182,7 +182,7 @@ def main(dataset="custom", argv=None):
     # ## 3. The model: a new one, or the checkpoint of this run.
     checkpoint = os.path.join(args.output, "checkpoint.keras")
     if os.path.exists(checkpoint):
-        model = keras.models.load_model(checkpoint)
+        model = keras_lct.saving.load_model(checkpoint)
         print(f"Resuming {checkpoint} at step {int(model.training_step)} of {total_steps}.")
     else:
         latent_shape = cache.latents.shape[1:]

@@ -43,14 +43,14 @@ def main(argv=None):
     import keras
     from PIL import Image
 
-    import keras_lct  # noqa: F401  (registers the classes the model is made of)
+    import keras_lct  # registers the classes the model is made of
     from keras_lct._io import atomic_path
     from keras_lct.callbacks import save_image_grid
     from keras_lct.data import LatentDecoder
     from keras_lct.data import images_to_uint8
     from keras_lct.vae import load_autoencoder
 
-    model = keras.models.load_model(args.model, compile=False)
+    model = keras_lct.saving.load_model(args.model, compile=False)
     decode = LatentDecoder(model.latent_normalization, load_autoencoder(args.vae, preset=args.vae_preset),
                            batch_size=args.batch_size)
     how = f"levels {args.ts}" if args.ts else f"{args.steps} step(s)"

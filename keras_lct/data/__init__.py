@@ -28,3 +28,4 @@ from keras_lct.data.latents import denormalize_latents
 from keras_lct.data.latents import normalize_latents
 from keras_lct.data.paired import NoisePairedDataset
 from keras_lct.data.paired import check_samples
+from keras_lct.data.paired import checked_batches

@@ -35,6 +35,7 @@ from keras import ops
 from keras_lct._io import atomic_path
 from keras_lct._io import write_json_atomic
 from keras_lct._validation import check_int
+from keras_lct._validation import check_seed
 from keras_lct.data.images import ImageReport
 from keras_lct.data.images import images_to_unit_range
 
@@ -361,7 +362,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     """
     directory = os.fspath(directory)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    seed = check_int("seed", seed, minimum=0)
+    seed = check_seed("seed", seed)
     shard_size = check_int("shard_size", shard_size, minimum=1)
     if source.resolution % autoencoder.downsampling_factor:
         raise ValueError(

@@ -9,12 +9,14 @@ Reference: paper section 4.4 and fig. 3.
 
 import math
 import threading
+import types
 
 import keras
 import numpy as np
 
+from keras_lct._validation import check_float_data
 from keras_lct._validation import check_int
-from keras_lct._validation import is_real_dtype
+from keras_lct._validation import check_seed
 from keras_lct.coupling import pair_noise
 
 # Independent random streams of one seed, told apart by the first spawn key.
@@ -123,7 +125,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
             max_queue_size=max_queue_size,
         )
         self.ot = bool(ot)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_seed("seed", seed)
         self.shuffle = bool(shuffle)
         self._epoch = 0
         self.ot_group_size = None
@@ -345,16 +347,13 @@ def check_samples(data):
     """Checks an array of samples once, up front, so training never starts on bad data.
 
     Raises:
-        ValueError: for a non-real dtype, rank < 2, no samples, or NaN/inf
-            (naming the first bad sample).
+        ValueError: for a non-float dtype (integer images: with how to scale
+            them), rank < 2, no samples, or NaN/inf (naming the first bad
+            sample).
     """
     if not _is_array_view(data):
         data = np.asarray(data)
-    if not is_real_dtype(data.dtype):
-        raise ValueError(
-            f"The data has dtype {data.dtype}; NoisePairedDataset needs real numbers (float "
-            "or integer). Convert it, e.g. `data.astype('float32')`."
-        )
+    check_float_data(data.dtype, "The data")
     if len(data.shape) < 2:
         raise ValueError(
             f"The data has shape {data.shape}, of rank {len(data.shape)}; expected an array "
@@ -362,18 +361,17 @@ def check_samples(data):
         )
     if len(data) == 0:
         raise ValueError(f"The data holds no samples (shape {data.shape}).")
-    if np.issubdtype(data.dtype, np.floating):
-        sample_size = max(1, math.prod(data.shape[1:]))
-        block = max(1, _SCAN_ELEMENTS // sample_size)
-        for start in range(0, len(data), block):
-            rows = np.asarray(data[start : start + block]).reshape(-1, sample_size)
-            finite = np.isfinite(rows).all(axis=1)
-            if not finite.all():
-                sample = start + int(np.argmin(finite))
-                raise ValueError(
-                    f"The data holds NaN or inf values, first in sample {sample}. Remove or "
-                    "repair those samples before training."
-                )
+    sample_size = max(1, math.prod(data.shape[1:]))
+    block = max(1, _SCAN_ELEMENTS // sample_size)
+    for start in range(0, len(data), block):
+        rows = np.asarray(data[start : start + block]).reshape(-1, sample_size)
+        finite = np.isfinite(rows).all(axis=1)
+        if not finite.all():
+            sample = start + int(np.argmin(finite))
+            raise ValueError(
+                f"The data holds NaN or inf values, first in sample {sample}. Remove or "
+                "repair those samples before training."
+            )
     return data
 
 
@@ -388,11 +386,7 @@ def _is_array_view(data):
 
 def _checked_batch(x0, index):
     """Checks one batch and returns it as float32."""
-    if not is_real_dtype(x0.dtype):
-        raise ValueError(
-            f"Batch {index} has dtype {x0.dtype}; NoisePairedDataset needs real numbers "
-            "(float or integer). Convert the source's samples, e.g. to float32."
-        )
+    check_float_data(x0.dtype, f"Batch {index}")
     if x0.ndim < 2:
         raise ValueError(
             f"Batch {index} has shape {x0.shape}, of rank {x0.ndim}; expected a batch "
@@ -409,3 +403,86 @@ def _checked_batch(x0, index):
             "training."
         )
     return x0
+
+
+def checked_batches(data):
+    """`data` for `fit`, with every batch checked for NaN/inf before the step gets it.
+
+    Wraps the sources `fit` reads batch by batch, so that a bad batch stops
+    training with an error naming it before it reaches the weights: a
+    `keras.utils.PyDataset` (checked in `__getitem__`, workers kept), a
+    `tf.data.Dataset` (an assertion in the pipeline) and a Python generator.
+    NumPy arrays (checked whole by `check_samples`), `NoisePairedDataset`
+    (which checks its own batches) and other inputs are returned as they are.
+    """
+    if isinstance(data, NoisePairedDataset):
+        return data
+    if isinstance(data, keras.utils.PyDataset):
+        return _FiniteBatches(data)
+    if _is_tf_dataset(data):
+        return _finite_tf_batches(data)
+    if isinstance(data, types.GeneratorType):
+        return (check_finite_batch(batch, index) for index, batch in enumerate(data))
+    return data
+
+
+def check_finite_batch(batch, index):
+    """Raises ValueError if a float array of `batch` (x or a tuple (x, y, ...)) holds NaN/inf."""
+    for position, part in enumerate(keras.tree.flatten(batch)):
+        if part is None or not hasattr(part, "dtype"):
+            continue
+        array = _to_numpy(part)
+        if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).all():
+            rows = np.isfinite(array.reshape(len(array), -1)).all(axis=1) if array.ndim else np.zeros(1, bool)
+            raise ValueError(
+                f"Batch {index} holds NaN or inf values (array {position} of the batch, first in its "
+                f"sample {int(np.argmin(rows))}); training stopped before the batch reached the "
+                "weights. Remove or repair those samples."
+            )
+    return batch
+
+
+class _FiniteBatches(keras.utils.PyDataset):
+    """A PyDataset whose batches are checked by `check_finite_batch`."""
+
+    def __init__(self, source):
+        super().__init__(
+            workers=source.workers, use_multiprocessing=source.use_multiprocessing, max_queue_size=source.max_queue_size
+        )
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    @property
+    def num_batches(self):
+        return self.source.num_batches
+
+    def __getitem__(self, index):
+        return check_finite_batch(self.source[index], index)
+
+    def on_epoch_begin(self):
+        self.source.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.source.on_epoch_end()
+
+
+def _finite_tf_batches(dataset):
+    import tensorflow as tf
+
+    def check(index, *element):
+        element = element[0] if len(element) == 1 else element
+        checks = [
+            tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(part)),
+                ["Training stopped before a batch holding NaN or inf values reached the weights; "
+                 "remove or repair those samples. Batch index:", index],
+            )
+            for part in tf.nest.flatten(element)
+            if part.dtype.is_floating
+        ]
+        with tf.control_dependencies(checks):
+            return tf.nest.map_structure(tf.identity, element)
+
+    return dataset.enumerate().map(check)

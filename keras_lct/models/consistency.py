@@ -16,9 +16,11 @@ from keras_lct import backend_ops
 from keras_lct import losses
 from keras_lct import schedules
 from keras_lct._validation import check_choice
+from keras_lct._validation import check_float_data
 from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
+from keras_lct._validation import check_seed
 
 TWO_STEP_LEVEL = (440, 641)  # REFERENCE.md "Sampling": CelebA-HQ's 2-step level.
 
@@ -167,7 +169,7 @@ class ConsistencyModel(keras.Model):
         self.rho = float(rho)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
-        self.seed = check_int("seed", seed)
+        self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         if latent_normalization is not None and not isinstance(latent_normalization, keras.layers.Layer):
             raise ValueError(
@@ -291,6 +293,7 @@ class ConsistencyModel(keras.Model):
 
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self._check_batch(x, y)
         clean = ops.cast(x, "float32")
         step = ops.convert_to_tensor(self.training_step)
         num_scales, robustness_c = self._schedule(step)
@@ -316,16 +319,36 @@ class ConsistencyModel(keras.Model):
         if self.losses:
             total = total + ops.sum(self.losses)
 
-        self.consistency_loss_tracker.update_state(consistency_loss)
-        self.diffusion_loss_tracker.update_state(diffusion_loss)
-        self.num_scales_tracker.update_state(num_scales)
-        self.robustness_c_tracker.update_state(robustness_c)
-        if training:
-            self._update_ema()
-            self.num_scales.assign(num_scales)
-            self.robustness_c.assign(robustness_c)
-            self.training_step.assign(step + 1)
+        with backend_ops.after([total]):
+            self.consistency_loss_tracker.update_state(consistency_loss)
+            self.diffusion_loss_tracker.update_state(diffusion_loss)
+            self.num_scales_tracker.update_state(num_scales)
+            self.robustness_c_tracker.update_state(robustness_c)
+            if training:
+                self._update_ema()
+                self.num_scales.assign(num_scales)
+                self.robustness_c.assign(robustness_c)
+                self.training_step.assign(step + 1)
         return total
+
+    def _check_batch(self, x, noise):
+        """Shape and dtype checks of a training batch, when the step is traced (or run eagerly)."""
+        check_float_data(keras.backend.standardize_dtype(x.dtype), "The training batch")
+        for name, batch in (("batch", x), ("noise batch", noise)):
+            if batch is None:
+                continue
+            message = (
+                f"This ConsistencyModel was built for samples of shape {self.data_shape}; the {name} "
+                f"has samples of shape {tuple(batch.shape[1:])} (batch shape {tuple(batch.shape)}). "
+                "Pass data of the built shape, or build a new model for this one."
+            )
+            shape = tuple(batch.shape[1:])
+            if len(shape) != len(self.data_shape) or any(
+                size is not None and size != expected for size, expected in zip(shape, self.data_shape)
+            ):
+                raise ValueError(message)
+            if None in shape:  # known only when the step runs
+                backend_ops.check_sample_shape(batch, self.data_shape, message)
 
     def _training_draws(self, clean, noise, step, num_scales):
         """The noise z (unless given) and grid indices i of training step `step`."""
@@ -476,7 +499,7 @@ class ConsistencyModel(keras.Model):
         num_samples = check_int("num_samples", num_samples, minimum=1)
         batch_size = check_int("batch_size", batch_size, minimum=1)
         levels = self._sampling_levels(steps, ts)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_seed("seed", seed, allow_none=True))
         shape = (num_samples,) + self.data_shape
         if ema is False or (ema is True and not self.ema_decays):
             weights = contextlib.nullcontext()
@@ -520,7 +543,11 @@ class ConsistencyModel(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with checks and the epoch sync of paired batches.
 
-        NumPy data is checked for NaN/inf before the first step. A
+        NumPy data is checked for NaN/inf before the first step, and the
+        batches of a `PyDataset`, `tf.data.Dataset` or generator as they
+        are read (`keras_lct.data.checked_batches`): a bad batch stops
+        training with an error before it reaches the weights. Integer data
+        and batches of another sample shape than the model's are refused. A
         `keras_lct.data.NoisePairedDataset` gets its `epoch_callback()`
         added, so its noise and order follow fit's epochs (and resume
         exactly with `initial_epoch`), and `shuffle` defaults to False: the
@@ -530,10 +557,12 @@ class ConsistencyModel(keras.Model):
         """
         from keras_lct.data.paired import NoisePairedDataset
         from keras_lct.data.paired import check_samples
+        from keras_lct.data.paired import checked_batches
 
         for array in (x, y):
             if isinstance(array, np.ndarray):
                 check_samples(array)
+        x = checked_batches(x)
         if isinstance(x, NoisePairedDataset):
             callbacks = list(kwargs.get("callbacks") or [])
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
@@ -541,7 +570,32 @@ class ConsistencyModel(keras.Model):
             kwargs["callbacks"] = callbacks
             if len(args) < 7:  # `shuffle` is the 7th argument after x and y
                 kwargs.setdefault("shuffle", False)
-        return super().fit(x, y, *args, **kwargs)
+        kept = self._state_before_fit()
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        except BaseException:
+            self._restore_purged_state(kept)
+            raise
+
+    def _state_before_fit(self):
+        """JAX: the state's arrays as `fit` starts (references, not copies)."""
+        if keras.backend.backend() != "jax":
+            return []
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)  # as fit would, so its state is kept too
+        optimizer_variables = list(self.optimizer.variables) if self.optimizer is not None else []
+        variables = self.trainable_variables + self.non_trainable_variables + optimizer_variables + self.metrics_variables
+        return [(variable, variable.value) for variable in variables]
+
+    def _restore_purged_state(self, kept):
+        # Keras' JAX `fit` takes the state out of the variables for the compiled
+        # step and puts back that of the last completed step, but an exception
+        # in the first step (a bad batch, Ctrl-C while compiling) left them
+        # empty. No step has run then, and the arrays `fit` started from are
+        # still alive (a completed step would have consumed them).
+        for variable, value in kept:
+            if variable._value is None and not value.is_deleted():
+                variable.assign(value)
 
     # ----------------------------------------------------------- serialization
     def get_compile_config(self):

@@ -16,9 +16,9 @@ import os
 import pickle
 import re
 
-import keras
 import numpy as np
 
+from keras_lct.saving import load_model
 from keras_lct.vae.autoencoder import VAE_PRESETS
 from keras_lct.vae.autoencoder import AutoencoderKL
 from keras_lct.vae.autoencoder import VAEGroupNorm
@@ -112,7 +112,7 @@ def load_autoencoder(path, preset=None):
         expected = f"the config of {config_path} {config}"
     elif path.endswith(".keras"):
         _refuse_preset(preset, path, "a .keras file carries its config")
-        autoencoder = keras.models.load_model(path)
+        autoencoder = load_model(path)
         if not isinstance(autoencoder, AutoencoderKL):
             raise ValueError(f"{path!r} holds a {type(autoencoder).__name__}, not an AutoencoderKL.")
         return autoencoder

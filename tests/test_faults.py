@@ -1,0 +1,102 @@
+"""Whatever stops `fit`, the model keeps the state of its last completed step.
+
+Faults injected in-process on every backend: an exception or Ctrl-C
+(KeyboardInterrupt) from a callback, a batch that fails in the first step,
+and a save interrupted mid-file.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_lct
+from keras_lct.callbacks import save_model_atomic
+from test_bad_input import DATA
+from test_bad_input import Batches
+from test_bad_input import CompletedSteps
+from test_bad_input import built_model
+from test_bad_input import weights_of
+
+
+class RaiseAt(keras.callbacks.Callback):
+    def __init__(self, hook, batch, error):
+        super().__init__()
+        self.hook = hook
+        self.batch = batch
+        self.error = error
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.hook == "begin" and batch == self.batch:
+            raise self.error("injected")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.hook == "end" and batch == self.batch:
+            raise self.error("injected")
+
+
+class WrongShapeAt(Batches):
+    def __init__(self, bad_index):
+        super().__init__(DATA)
+        self.bad_index = bad_index
+
+    def __getitem__(self, index):
+        batch = super().__getitem__(index)
+        return batch[:, :6, :6] if index == self.bad_index else batch
+
+
+FAULTS = {
+    "error after step 2": (lambda: DATA, RaiseAt("end", 1, RuntimeError), RuntimeError),
+    "ctrl-c before step 3": (lambda: DATA, RaiseAt("begin", 2, KeyboardInterrupt), KeyboardInterrupt),
+    "ctrl-c after step 1": (lambda: DATA, RaiseAt("end", 0, KeyboardInterrupt), KeyboardInterrupt),
+    # ValueError when traced; tensorflow's InvalidArgumentError when its sample shape is known only at run time.
+    "bad first batch": (lambda: WrongShapeAt(0), None, Exception),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_model_keeps_its_last_completed_step_after_fit_is_stopped(fault, tmp_path):
+    data, callback, error = FAULTS[fault]
+    model = built_model()
+    completed = CompletedSteps()
+    callbacks = [completed] + ([callback] if callback else [])
+    with pytest.raises(error, match="injected|built for samples of shape"):
+        model.fit(data(), batch_size=4 if isinstance(data(), np.ndarray) else None, epochs=1, verbose=0,
+                  callbacks=callbacks, shuffle=False)
+    assert int(model.training_step) == completed.count
+    state = weights_of(model)
+    assert all(np.isfinite(w).all() for w in state)
+    # The seed generator's state is set from (seed, step) at every step, not kept.
+    kept = [i for i, v in enumerate(model.trainable_variables + model.non_trainable_variables) if "seed_generator" not in v.path]
+
+    # The same model samples, saves (whole), loads and trains on.
+    samples = model.sample(2, seed=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras_lct.saving.load_model(path)
+    restored = weights_of(loaded)
+    for index in kept:
+        np.testing.assert_array_equal(state[index], restored[index])
+    np.testing.assert_allclose(loaded.sample(2, seed=0), samples, rtol=1e-5, atol=1e-5)
+    model.fit(DATA, batch_size=4, epochs=1, verbose=0)
+    assert int(model.training_step) == completed.count + 4
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.keras")
+    model = built_model()
+    save_model_atomic(model, path)
+    before = open(path, "rb").read()
+    model.fit(DATA, batch_size=4, epochs=1, verbose=0)
+
+    def save_half_then_fail(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as file:
+            file.write(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", save_half_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_atomic(model, path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]  # no temporary left behind
+    assert int(keras_lct.saving.load_model(path).training_step) == 0
