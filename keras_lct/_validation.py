@@ -46,7 +46,10 @@ def check_seed(name, value, allow_none=False):
 
 def check_float_data(dtype, what):
     """Raises ValueError unless `dtype` is a float dtype; says how to scale integer images."""
-    name = getattr(dtype, "name", str(dtype))
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
     if "float" in name:  # bfloat16 and float8 types included, which NumPy does not name
         return
     if name.startswith(("int", "uint")):
