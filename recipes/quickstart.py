@@ -70,6 +70,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 import keras_lct  # noqa: E402
 from keras_lct import analysis  # noqa: E402
 from keras_lct import metrics  # noqa: E402
+from keras_lct._io import atomic_path  # noqa: E402
 from keras_lct._io import write_json_atomic  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
@@ -131,7 +132,8 @@ decode = LatentDecoder(normalization, autoencoder, batch_size=256)
 reconstruction_error = float(np.mean((decode(latents[:NUM_HOLDOUT]) - train_pixels[:NUM_HOLDOUT]) ** 2))
 stage(f"latents {latents.shape[1:]}: values in [{latents.min():.2f}, {latents.max():.2f}], "
       f"reconstruction MSE {reconstruction_error:.4f}")
-np.savez(os.path.join(args.output, "data.npz"), pixels=train_pixels, latents=latents)
+with atomic_path(os.path.join(args.output, "data.npz")) as temporary:
+    np.savez(temporary, pixels=train_pixels, latents=latents)
 
 
 # ## The consistency models: the paper's method and, for comparison, iLCT.
@@ -230,8 +232,6 @@ save_image_grid(np.repeat(np.repeat(grid[None], 4, axis=1), 4, axis=2), os.path.
 def plot_training(path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from keras_lct._io import atomic_path
 
     runs = {"paper's method": full_history}
     if not args.no_ilct:

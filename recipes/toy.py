@@ -42,6 +42,8 @@ import keras  # noqa: E402  (after --help, which should not wait for a backend)
 import numpy as np  # noqa: E402
 
 import keras_lct  # noqa: E402
+from keras_lct._io import atomic_path  # noqa: E402
+from keras_lct._io import write_json_atomic  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
@@ -111,7 +113,8 @@ for axis, points, title in zip(axes, (data[:2000], one_step, two_step), ("data",
     axis.set_ylim(-1, 1)
     axis.set_aspect("equal")
 figure.suptitle(f"{args.loss} loss, {'independent noise' if args.no_ot else 'OT pairing'}, {total_steps} steps")
-figure.savefig(os.path.join(args.output, "samples.png"), dpi=100)
+with atomic_path(os.path.join(args.output, "samples.png")) as temporary:
+    figure.savefig(temporary, dpi=100)
 
 figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
 for axis, key in zip(axes, ("loss", "num_scales", "c")):
@@ -121,7 +124,7 @@ for axis, key in zip(axes, ("loss", "num_scales", "c")):
 axes[0].set_yscale("log")
 axes[2].set_yscale("log")
 figure.tight_layout()
-figure.savefig(os.path.join(args.output, "training.png"), dpi=100)
-with open(os.path.join(args.output, "metrics.json"), "w") as file:
-    json.dump(metrics, file, indent=2)
+with atomic_path(os.path.join(args.output, "training.png")) as temporary:
+    figure.savefig(temporary, dpi=100)
+write_json_atomic(os.path.join(args.output, "metrics.json"), metrics)
 print(f"wrote {args.output}/samples.png, training.png and metrics.json")
