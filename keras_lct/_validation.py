@@ -30,16 +30,22 @@ def check_int(name, value, minimum=None):
     return int(value)
 
 
-# Seeds reach int32 tensors inside the compiled step on every backend.
+# The largest seed of the draws inside a compiled step, which hold it as int32 on every backend.
 MAX_SEED = 2**31 - 1
 
 
-def check_seed(name, value, allow_none=False):
-    """Raises ValueError unless `value` is an integer seed in [0, 2**31 - 1] (or None if allowed)."""
+def check_seed(name, value, allow_none=False, maximum=None):
+    """Raises ValueError unless `value` is an integer seed >= 0 (and <= `maximum`), or None if allowed."""
     if value is None and allow_none:
         return None
-    accepted = f"an integer in [0, {MAX_SEED}]" + (" or None" if allow_none else "")
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or not 0 <= value <= MAX_SEED:
+    accepted = "an integer >= 0" if maximum is None else f"an integer in [0, {maximum}]"
+    accepted += " or None" if allow_none else ""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (numbers.Integral, np.integer))
+        or value < 0
+        or (maximum is not None and value > maximum)
+    ):
         raise ValueError(f"`{name}` must be {accepted}; received {value!r}.")
     return int(value)
 

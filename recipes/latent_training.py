@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 # The paper's settings per data set (REFERENCE.md "Training setup"); every one
 # can be overridden on the command line.
@@ -215,8 +216,17 @@ def main(dataset="custom", argv=None):
     if initial_epoch < final_epoch:
         print(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({len(batches)} steps each, "
               f"batch {args.batch_size}, {len(cache)} latents {cache.latents.shape[1:]}).")
-        model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
-                  verbose=args.verbose)
+        try:
+            model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
+                      verbose=args.verbose)
+        except KeyboardInterrupt:
+            # The model holds its last completed step, but a checkpoint taken mid-epoch would not
+            # resume exactly (runs resume at epoch starts); the last epoch's checkpoint is kept.
+            kept = f"{checkpoint} is kept" if os.path.exists(checkpoint) else "no checkpoint was written yet"
+            print(f"\nInterrupted at step {int(model.training_step)}; {kept}. Rerun the same command to "
+                  f"continue from the last checkpoint (written every {args.checkpoint_every} epoch(s)).",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
 
     # ## 5. The final model, self-contained for sampling.
     if final_epoch < epochs:

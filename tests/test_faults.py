@@ -2,8 +2,16 @@
 
 Faults injected in-process on every backend: an exception or Ctrl-C
 (KeyboardInterrupt) from a callback, a batch that fails in the first step,
-and a save interrupted mid-file.
+and a save interrupted mid-file; and a recipe's `--smoke` run stopped by
+SIGINT (Ctrl-C) or SIGKILL once its first checkpoint is written, then rerun:
+it must end at the weights of an uninterrupted run of the same seed.
 """
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -16,6 +24,8 @@ from test_bad_input import Batches
 from test_bad_input import CompletedSteps
 from test_bad_input import built_model
 from test_bad_input import weights_of
+from test_recipes import ROOT
+from test_recipes import run_recipe
 
 
 class RaiseAt(keras.callbacks.Callback):
@@ -100,3 +110,56 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
     assert open(path, "rb").read() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]  # no temporary left behind
     assert int(keras_lct.saving.load_model(path).training_step) == 0
+
+
+# ---------------------------------------------------------------- a recipe run killed and resumed
+
+def _final_weights(output):
+    model = keras_lct.saving.load_model(os.path.join(output, "lct.keras"))
+    return int(model.training_step), [keras.ops.convert_to_numpy(v) for v in model.weights if "seed_generator" not in v.path]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_smoke_run(tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    result = run_recipe("celeba.py", "--smoke", "--output", output)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _final_weights(output)
+
+
+def _run_until_first_checkpoint_then(signal_number, output):
+    """Starts the smoke recipe, sends `signal_number` once its first checkpoint exists, waits for it."""
+    environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "recipes", "celeba.py"), "--smoke", "--output", output],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT,
+    )
+    checkpoint = os.path.join(output, "checkpoint.keras")
+    deadline = time.monotonic() + 600
+    while not os.path.exists(checkpoint) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=600)
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_a_killed_recipe_resumes_to_the_weights_of_an_uninterrupted_run(signal_number, uninterrupted_smoke_run, tmp_path):
+    output = str(tmp_path / "run")
+    returncode, stderr = _run_until_first_checkpoint_then(signal_number, output)
+    if returncode != 0:  # the signal may land after the run ended, which must be fine too
+        if signal_number == signal.SIGINT:
+            assert returncode == 130 and "Interrupted at step" in stderr, stderr[-3000:]
+        else:
+            assert returncode == -signal.SIGKILL
+        assert not os.path.exists(os.path.join(output, "lct.keras"))
+        keras_lct.saving.load_model(os.path.join(output, "checkpoint.keras"))  # whole, loadable
+        resumed = run_recipe("celeba.py", "--smoke", "--output", output)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "Resuming" in resumed.stdout
+    assert not [name for name in os.listdir(output) if name.startswith(".")]  # no temporary files left
+    steps, weights = _final_weights(output)
+    expected_steps, expected_weights = uninterrupted_smoke_run
+    assert steps == expected_steps == 10
+    for value, expected in zip(weights, expected_weights):
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)

@@ -20,6 +20,7 @@ from keras_lct._validation import check_float_data
 from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
+from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_seed
 
 TWO_STEP_LEVEL = (440, 641)  # REFERENCE.md "Sampling": CelebA-HQ's 2-step level.
@@ -169,7 +170,7 @@ class ConsistencyModel(keras.Model):
         self.rho = float(rho)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
-        self.seed = check_seed("seed", seed)
+        self.seed = check_seed("seed", seed, maximum=MAX_SEED)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         if latent_normalization is not None and not isinstance(latent_normalization, keras.layers.Layer):
             raise ValueError(

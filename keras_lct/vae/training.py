@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_lct._validation import check_positive
+from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_seed
 from keras_lct.vae.autoencoder import AutoencoderKL
 
@@ -54,7 +55,7 @@ class AutoencoderTrainer(keras.Model):
             raise ValueError(f"`autoencoder` must be a keras_lct.vae.AutoencoderKL; received {autoencoder!r}.")
         self.autoencoder = autoencoder
         self.kl_weight = check_positive("kl_weight", kl_weight, allow_zero=True)
-        self.seed = check_seed("seed", seed)
+        self.seed = check_seed("seed", seed, maximum=MAX_SEED)
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.kl_tracker = keras.metrics.Mean(name="kl")
