@@ -73,6 +73,12 @@ def generator(data):
             yield (data[4 * index : 4 * index + 4],)
 
 
+def data_loader(data):
+    import torch
+
+    return torch.utils.data.DataLoader(torch.from_numpy(data), batch_size=4)
+
+
 def tf_dataset(data):
     import tensorflow as tf
 
@@ -88,10 +94,13 @@ class CompletedSteps(keras.callbacks.Callback):
         self.count += 1
 
 
-@pytest.mark.parametrize("source", ["py_dataset", "generator", "tf_data"])
+SOURCES = {"py_dataset": Batches, "generator": generator, "tf_data": tf_dataset, "torch_data_loader": data_loader}
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
 def test_nan_batch_stops_fit_before_it_reaches_the_weights(source):
     model = built_model()
-    data = {"py_dataset": Batches, "generator": generator, "tf_data": tf_dataset}[source](WITH_NAN)
+    data = SOURCES[source](WITH_NAN)
     kwargs = {"steps_per_epoch": 4} if source == "generator" else {}
     completed = CompletedSteps()
     with pytest.raises(Exception, match="NaN or inf") as error:
@@ -105,10 +114,11 @@ def test_nan_batch_stops_fit_before_it_reaches_the_weights(source):
     assert np.isfinite(model.sample(2, seed=0)).all()
 
 
-def test_clean_py_dataset_trains_as_before():
+@pytest.mark.parametrize("source", ["py_dataset", "torch_data_loader"])
+def test_checked_sources_train_as_before(source):
     model = built_model()
-    model.fit(Batches(DATA), epochs=1, verbose=0)
-    assert int(model.training_step) == 4
+    model.fit(SOURCES[source](DATA), epochs=2, verbose=0)
+    assert int(model.training_step) == 8  # 4 batches per epoch
 
 
 @pytest.mark.parametrize("source", ["numpy", "paired", "py_dataset", "tf_data"])

@@ -411,7 +411,9 @@ def checked_batches(data):
     Wraps the sources `fit` reads batch by batch, so that a bad batch stops
     training with an error naming it before it reaches the weights: a
     `keras.utils.PyDataset` (checked in `__getitem__`, workers kept), a
-    `tf.data.Dataset` (an assertion in the pipeline) and a Python generator.
+    `tf.data.Dataset` (an assertion in the pipeline), a Python generator and
+    a torch `DataLoader` with a length (read as a generator of its passes:
+    `ConsistencyModel.fit` then sets `steps_per_epoch=len(loader)`).
     NumPy arrays (checked whole by `check_samples`), `NoisePairedDataset`
     (which checks its own batches) and other inputs are returned as they are.
     """
@@ -423,7 +425,27 @@ def checked_batches(data):
         return _finite_tf_batches(data)
     if isinstance(data, types.GeneratorType):
         return (check_finite_batch(batch, index) for index, batch in enumerate(data))
+    if _is_sized_torch_data_loader(data):
+        return _finite_loader_batches(data)
     return data
+
+
+def _is_sized_torch_data_loader(data):
+    if not any(cls.__module__.startswith("torch.utils.data") and cls.__name__ == "DataLoader" for cls in type(data).__mro__):
+        return False
+    try:
+        return len(data) > 0
+    except TypeError:  # an IterableDataset without a length: read as it is
+        return False
+
+
+def _finite_loader_batches(loader):
+    """A torch DataLoader's batches, checked, pass after pass (one pass per epoch of `len(loader)` steps)."""
+    while True:
+        for index, batch in enumerate(loader):
+            # Keras takes a DataLoader's bare tensors and lists, but a generator's batches as tuples only.
+            batch = check_finite_batch(batch, index)
+            yield tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
 def check_finite_batch(batch, index):

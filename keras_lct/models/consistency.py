@@ -7,6 +7,7 @@ consistency-training step") is written once, in `compute_loss`, with
 
 import contextlib
 import math
+import types
 
 import keras
 import numpy as np
@@ -563,7 +564,10 @@ class ConsistencyModel(keras.Model):
         for array in (x, y):
             if isinstance(array, np.ndarray):
                 check_samples(array)
-        x = checked_batches(x)
+        checked = checked_batches(x)
+        if checked is not x and isinstance(checked, types.GeneratorType) and not isinstance(x, types.GeneratorType):
+            kwargs.setdefault("steps_per_epoch", len(x))  # a torch DataLoader, now read pass after pass
+        x = checked
         if isinstance(x, NoisePairedDataset):
             callbacks = list(kwargs.get("callbacks") or [])
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
