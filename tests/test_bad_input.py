@@ -216,3 +216,10 @@ def test_nan_samples_give_an_error_and_keep_the_previous_grid(tmp_path):
     with pytest.raises(ValueError, match=r"1 of the 4 images hold NaN or inf values \(first: image 2\)"):
         save_image_grid(images, path)
     assert open(path, "rb").read() == before and good.shape == (16, 16, 3)
+
+
+def test_nan_in_a_backend_tensor_is_refused_up_front():
+    model = built_model()
+    with pytest.raises(ValueError, match="NaN or inf values, first in sample 5"):
+        model.fit(keras.ops.convert_to_tensor(WITH_NAN), batch_size=4, epochs=1, verbose=0)
+    assert int(model.training_step) == 0

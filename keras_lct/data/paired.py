@@ -262,7 +262,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
                 f"Batch {index} of the source is a dict; NoisePairedDataset needs the samples "
                 "as an array x or a tuple (x, ...). Map the source to its samples first."
             )
-        return _to_numpy(batch)
+        return to_numpy(batch)
 
     def _epoch_order(self, epoch):
         count = len(self.data)
@@ -337,7 +337,15 @@ def _is_tf_dataset(data):
     )
 
 
-def _to_numpy(batch):
+def is_tensor(data):
+    """Whether `data` is a torch, tensorflow or jax tensor (detected without importing them)."""
+    return hasattr(data, "shape") and hasattr(data, "dtype") and type(data).__module__.startswith(
+        ("torch", "tensorflow", "jax")  # jaxlib too
+    )
+
+
+def to_numpy(batch):
+    """A NumPy view or copy of an array or a torch / tensorflow / jax tensor."""
     if type(batch).__module__.startswith("torch"):
         batch = batch.detach().cpu()
     return np.asarray(batch)
@@ -453,7 +461,7 @@ def check_finite_batch(batch, index):
     for position, part in enumerate(keras.tree.flatten(batch)):
         if part is None or not hasattr(part, "dtype"):
             continue
-        array = _to_numpy(part)
+        array = to_numpy(part)
         if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).all():
             rows = np.isfinite(array.reshape(len(array), -1)).all(axis=1) if array.ndim else np.zeros(1, bool)
             raise ValueError(

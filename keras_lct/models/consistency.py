@@ -545,7 +545,7 @@ class ConsistencyModel(keras.Model):
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with checks and the epoch sync of paired batches.
 
-        NumPy data is checked for NaN/inf before the first step, and the
+        Arrays and tensors are checked for NaN/inf before the first step, and the
         batches of a `PyDataset`, `tf.data.Dataset` or generator as they
         are read (`keras_lct.data.checked_batches`): a bad batch stops
         training with an error before it reaches the weights. Integer data
@@ -560,10 +560,12 @@ class ConsistencyModel(keras.Model):
         from keras_lct.data.paired import NoisePairedDataset
         from keras_lct.data.paired import check_samples
         from keras_lct.data.paired import checked_batches
+        from keras_lct.data.paired import is_tensor
+        from keras_lct.data.paired import to_numpy
 
         for array in (x, y):
-            if isinstance(array, np.ndarray):
-                check_samples(array)
+            if isinstance(array, np.ndarray) or is_tensor(array):
+                check_samples(to_numpy(array))
         checked = checked_batches(x)
         if checked is not x and isinstance(checked, types.GeneratorType) and not isinstance(x, types.GeneratorType):
             kwargs.setdefault("steps_per_epoch", len(x))  # a torch DataLoader, now read pass after pass
