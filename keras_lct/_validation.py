@@ -68,6 +68,11 @@ def check_float_data(dtype, what):
     raise ValueError(f"{what} has dtype {name}; expected float numbers, e.g. `x.astype('float32')`.")
 
 
+def finite_samples(array):
+    """Per sample (first axis) of a NumPy array: whether all its values are finite."""
+    return np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+
+
 def check_positive(name, value, allow_zero=False):
     """Raises ValueError unless `value` is a finite number > 0 (or >= 0)."""
     accepted = "a finite number >= 0" if allow_zero else "a finite number > 0"

@@ -16,6 +16,7 @@ import numpy as np
 from keras_lct import schedules
 from keras_lct._io import atomic_path
 from keras_lct._validation import check_seed
+from keras_lct._validation import finite_samples
 from keras_lct.data.images import images_to_uint8
 
 
@@ -267,7 +268,7 @@ def save_image_grid(images, path, columns=None):
         images = images[..., :3] if images.shape[-1] > 3 else images[..., :1]
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    finite = finite_samples(images)
     if not finite.all():
         raise ValueError(
             f"{int((~finite).sum())} of the {len(images)} images hold NaN or inf values (first: image "

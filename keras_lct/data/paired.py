@@ -17,6 +17,7 @@ import numpy as np
 from keras_lct._validation import check_float_data
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
+from keras_lct._validation import finite_samples
 from keras_lct.coupling import pair_noise
 
 # Independent random streams of one seed, told apart by the first spawn key.
@@ -373,7 +374,7 @@ def check_samples(data):
     block = max(1, _SCAN_ELEMENTS // sample_size)
     for start in range(0, len(data), block):
         rows = np.asarray(data[start : start + block]).reshape(-1, sample_size)
-        finite = np.isfinite(rows).all(axis=1)
+        finite = finite_samples(rows)
         if not finite.all():
             sample = start + int(np.argmin(finite))
             raise ValueError(
@@ -403,7 +404,7 @@ def _checked_batch(x0, index):
     if len(x0) == 0:
         raise ValueError(f"Batch {index} holds no samples (shape {x0.shape}).")
     x0 = x0.astype(np.float32, copy=False)
-    finite = np.isfinite(x0.reshape(len(x0), -1)).all(axis=1)
+    finite = finite_samples(x0)
     if not finite.all():
         raise ValueError(
             f"Batch {index} holds NaN or inf values (or values beyond the float32 range), first "
@@ -463,7 +464,7 @@ def check_finite_batch(batch, index):
             continue
         array = to_numpy(part)
         if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).all():
-            rows = np.isfinite(array.reshape(len(array), -1)).all(axis=1) if array.ndim else np.zeros(1, bool)
+            rows = finite_samples(array) if array.ndim else np.zeros(1, bool)
             raise ValueError(
                 f"Batch {index} holds NaN or inf values (array {position} of the batch, first in its "
                 f"sample {int(np.argmin(rows))}); training stopped before the batch reached the "
