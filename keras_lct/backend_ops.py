@@ -69,19 +69,22 @@ def after(tensors):
 
 
 def check_sample_shape(batch, sample_shape, message):
-    """Raises `message` when the step runs on a batch whose samples are not `sample_shape`.
+    """`batch`, checked to hold samples of `sample_shape` when the step runs; raises `message` if not.
 
     For a batch traced with unknown sample dimensions (tensorflow reading a
-    PyDataset whose first batches differ in shape); the error names the
-    batch's shape instead of surfacing from inside some layer. Elsewhere the
-    shapes are known when the step is traced and checked then.
+    PyDataset whose first batches differ in shape): the returned batch
+    depends on the check, so the error names the batch's shape before any
+    layer sees it. Elsewhere the shapes are known when the step is traced
+    and checked then; the batch is returned as it is.
     """
     if keras.backend.backend() != "tensorflow":
-        return
+        return batch
     import tensorflow as tf
 
-    tf.debugging.assert_equal(tf.shape(batch)[1:], tf.constant(sample_shape), message=message.replace(
+    check = tf.debugging.assert_equal(tf.shape(batch)[1:], tf.constant(sample_shape), message=message.replace(
         f"{tuple(batch.shape[1:])} (batch shape {tuple(batch.shape)})", "(given below)"))
+    with tf.control_dependencies([check]):
+        return tf.identity(batch)
 
 
 def fast_paths_enabled():

@@ -295,7 +295,7 @@ class ConsistencyModel(keras.Model):
 
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        self._check_batch(x, y)
+        x, y = self._check_batch(x, y)
         clean = ops.cast(x, "float32")
         step = ops.convert_to_tensor(self.training_step)
         num_scales, robustness_c = self._schedule(step)
@@ -336,7 +336,9 @@ class ConsistencyModel(keras.Model):
     def _check_batch(self, x, noise):
         """Shape and dtype checks of a training batch, when the step is traced (or run eagerly)."""
         check_float_data(keras.backend.standardize_dtype(x.dtype), "The training batch")
+        checked = []
         for name, batch in (("batch", x), ("noise batch", noise)):
+            checked.append(batch)
             if batch is None:
                 continue
             message = (
@@ -350,7 +352,8 @@ class ConsistencyModel(keras.Model):
             ):
                 raise ValueError(message)
             if None in shape:  # known only when the step runs
-                backend_ops.check_sample_shape(batch, self.data_shape, message)
+                checked[-1] = backend_ops.check_sample_shape(batch, self.data_shape, message)
+        return tuple(checked)
 
     def _training_draws(self, clean, noise, step, num_scales):
         """The noise z (unless given) and grid indices i of training step `step`."""
