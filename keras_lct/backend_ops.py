@@ -31,6 +31,12 @@ malloc's mmap threshold at its initial 128 KiB, so every activation of every
 step is then mapped, page-faulted in and unmapped again: the step on a
 `NoisePairedDataset` ran at half speed. Importing keras-lct on tensorflow
 restores glibc's steady state once, before any dataset is read.
+
+Two tensorflow graph helpers of the training step's reliability are here too:
+`after` (state updates run only once the loss exists, so a batch that never
+arrived leaves the step counter and EMA alone) and `check_sample_shape` (a
+run-time shape check that gates the batch, for sample shapes unknown when the
+step is traced).
 """
 
 import contextlib
