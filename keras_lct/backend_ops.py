@@ -32,11 +32,12 @@ step is then mapped, page-faulted in and unmapped again: the step on a
 `NoisePairedDataset` ran at half speed. Importing keras-lct on tensorflow
 restores glibc's steady state once, before any dataset is read.
 
-Two tensorflow graph helpers of the training step's reliability are here too:
-`after` (state updates run only once the loss exists, so a batch that never
-arrived leaves the step counter and EMA alone) and `check_sample_shape` (a
-run-time shape check that gates the batch, for sample shapes unknown when the
-step is traced).
+The backend-specific parts of the training step's reliability are here too:
+`state_kept_through_fit` (jax: the state survives a failed first step),
+`after` (tensorflow: state updates run only once the loss exists, so a batch
+that never arrived leaves the step counter and EMA alone) and
+`check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
+for sample shapes unknown when the step is traced).
 """
 
 import contextlib
@@ -72,6 +73,35 @@ def after(tensors):
     import tensorflow as tf
 
     return tf.control_dependencies(tensors)
+
+
+@contextlib.contextmanager
+def state_kept_through_fit(model):
+    """Context around `fit` that keeps the model's state when the first step fails (jax).
+
+    Keras' jax `fit` takes the state out of the variables for the compiled
+    step and puts back that of the last completed step however `fit` ends;
+    but when the first step failed (a bad batch, Ctrl-C while compiling)
+    there is no such state and the variables stayed empty. This keeps
+    references to the arrays `fit` starts from (no copies: they stay alive
+    until a step completes) and puts them back then. Other backends keep
+    their variables and need nothing.
+    """
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # as fit would, so its state is kept too
+    optimizer_variables = list(model.optimizer.variables) if model.optimizer is not None else []
+    variables = model.trainable_variables + model.non_trainable_variables + optimizer_variables + model.metrics_variables
+    kept = [(variable, variable.value) for variable in variables]
+    try:
+        yield
+    except BaseException:
+        for variable, value in kept:
+            if variable._value is None and not value.is_deleted():
+                variable.assign(value)
+        raise
 
 
 def check_sample_shape(batch, sample_shape, message):

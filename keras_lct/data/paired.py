@@ -390,7 +390,7 @@ def _is_array_view(data):
         return True
     return not isinstance(data, np.ndarray) and all(
         hasattr(data, attribute) for attribute in ("shape", "dtype", "__len__", "__getitem__")
-    ) and not type(data).__module__.startswith(("torch", "tensorflow", "jax"))  # jaxlib too
+    ) and not is_tensor(data)
 
 
 def _checked_batch(x0, index):

@@ -580,32 +580,8 @@ class ConsistencyModel(keras.Model):
             kwargs["callbacks"] = callbacks
             if len(args) < 7:  # `shuffle` is the 7th argument after x and y
                 kwargs.setdefault("shuffle", False)
-        kept = self._state_before_fit()
-        try:
+        with backend_ops.state_kept_through_fit(self):
             return super().fit(x, y, *args, **kwargs)
-        except BaseException:
-            self._restore_purged_state(kept)
-            raise
-
-    def _state_before_fit(self):
-        """JAX: the state's arrays as `fit` starts (references, not copies)."""
-        if keras.backend.backend() != "jax":
-            return []
-        if self.optimizer is not None and not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)  # as fit would, so its state is kept too
-        optimizer_variables = list(self.optimizer.variables) if self.optimizer is not None else []
-        variables = self.trainable_variables + self.non_trainable_variables + optimizer_variables + self.metrics_variables
-        return [(variable, variable.value) for variable in variables]
-
-    def _restore_purged_state(self, kept):
-        # Keras' JAX `fit` takes the state out of the variables for the compiled
-        # step and puts back that of the last completed step, but an exception
-        # in the first step (a bad batch, Ctrl-C while compiling) left them
-        # empty. No step has run then, and the arrays `fit` started from are
-        # still alive (a completed step would have consumed them).
-        for variable, value in kept:
-            if variable._value is None and not value.is_deleted():
-                variable.assign(value)
 
     # ----------------------------------------------------------- serialization
     def get_compile_config(self):
