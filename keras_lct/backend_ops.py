@@ -34,8 +34,9 @@ restores glibc's steady state once, before any dataset is read.
 
 The backend-specific parts of the training step's reliability are here too:
 `state_kept_through_fit` (jax: the state survives a failed first step),
-`after` (tensorflow: state updates run only once the loss exists, so a batch
-that never arrived leaves the step counter and EMA alone) and
+`interrupts_delivered` (jax: a Ctrl-C is not lost in its garbage-collector
+callback), `after` (tensorflow: state updates run only once the loss exists,
+so a batch that never arrived leaves the step counter and EMA alone) and
 `check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
 for sample shapes unknown when the step is traced).
 """
@@ -43,6 +44,7 @@ for sample shapes unknown when the step is traced).
 import contextlib
 import ctypes
 import functools
+import signal
 import sys
 import threading
 
@@ -102,6 +104,58 @@ def state_kept_through_fit(model):
             if variable._value is None and not value.is_deleted():
                 variable.assign(value)
         raise
+
+
+class _DeliverLostInterrupt(keras.callbacks.Callback):
+    """Raises, after the batch, a Ctrl-C whose `KeyboardInterrupt` was swallowed."""
+
+    def __init__(self, pending):
+        super().__init__()
+        self.pending = pending
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.pending:
+            self.pending.clear()
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_delivered(callbacks):
+    """Context around `fit` in which every Ctrl-C stops it; yields the callbacks to pass.
+
+    Python raises `KeyboardInterrupt` in whatever Python code runs next, and
+    when that is a garbage-collector callback or a `__del__` the exception is
+    printed ("Exception ignored in ...") and dropped. jax registers such a
+    callback (`_xla_gc_callback`) that runs on every collection, so during
+    `fit` a Ctrl-C was often lost and training went on. Here the interrupt is
+    raised as usual and also noted; one that was dropped is raised again at
+    the end of the current batch (by a callback appended to `callbacks`), or
+    as `fit` returns. A SIGINT handler set by the program, or `fit` outside
+    the main thread, is left alone.
+    """
+    callbacks = list(callbacks or [])
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield callbacks
+        return
+    pending = []
+
+    def note_and_raise(signal_number, frame):
+        pending.append(signal_number)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note_and_raise)
+    try:
+        yield callbacks + [_DeliverLostInterrupt(pending)]
+    except KeyboardInterrupt:
+        pending.clear()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def check_sample_shape(batch, sample_shape, message):

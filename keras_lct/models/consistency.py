@@ -558,7 +558,9 @@ class ConsistencyModel(keras.Model):
         exactly with `initial_epoch`), and `shuffle` defaults to False: the
         dataset shuffles its samples itself, keyed by (seed, epoch), whereas
         fit's shuffle of the batch order draws from Python's global random
-        state, which a resumed run does not share.
+        state, which a resumed run does not share. A Ctrl-C stops `fit` with
+        `KeyboardInterrupt` by the end of the batch it arrives in, even where
+        Python would drop it (`backend_ops.interrupts_delivered`).
         """
         from keras_lct.data.paired import NoisePairedDataset
         from keras_lct.data.paired import check_samples
@@ -573,15 +575,20 @@ class ConsistencyModel(keras.Model):
         if checked is not x and isinstance(checked, types.GeneratorType) and not isinstance(x, types.GeneratorType):
             kwargs.setdefault("steps_per_epoch", len(x))  # a torch DataLoader, now read pass after pass
         x = checked
+        args = list(args)
+        callbacks = list((args[3] if len(args) > 3 else kwargs.get("callbacks")) or [])  # after batch_size, epochs, verbose
         if isinstance(x, NoisePairedDataset):
-            callbacks = list(kwargs.get("callbacks") or [])
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
                 callbacks.insert(0, x.epoch_callback())
-            kwargs["callbacks"] = callbacks
             if len(args) < 7:  # `shuffle` is the 7th argument after x and y
                 kwargs.setdefault("shuffle", False)
-        with backend_ops.state_kept_through_fit(self):
-            return super().fit(x, y, *args, **kwargs)
+        with backend_ops.interrupts_delivered(callbacks) as callbacks:
+            if len(args) > 3:
+                args[3] = callbacks
+            else:
+                kwargs["callbacks"] = callbacks
+            with backend_ops.state_kept_through_fit(self):
+                return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization
     def get_compile_config(self):
