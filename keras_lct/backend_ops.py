@@ -52,6 +52,8 @@ import keras
 from keras import ops
 
 _STATE = threading.local()
+# Set by keras_lct.distribute when torch trains in a process group (torchrun).
+_TORCH_PROCESS_GROUP = {"rank": 0, "world_size": 1}
 
 # glibc's mallopt parameters, and the ceiling its dynamic mmap threshold grows
 # to on 64-bit systems (its trim threshold follows at twice the mmap threshold).
@@ -156,6 +158,36 @@ def interrupts_delivered(callbacks):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pending:
         raise KeyboardInterrupt
+
+
+def replica_position():
+    """(index, count) of this replica among those that compute one update together.
+
+    tensorflow under a `tf.distribute` strategy: the replica context's id (a
+    tensor in the step) and `num_replicas_in_sync`. torch under
+    `keras_lct.distribute.data_parallel` (torchrun): the process rank and
+    world size. Otherwise, and on jax, whose `DataParallel` step is one
+    program over global arrays: (0, 1).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return ops.cast(context.replica_id_in_sync_group, "int32"), context.num_replicas_in_sync
+    if keras.backend.backend() == "torch" and _TORCH_PROCESS_GROUP["world_size"] > 1:
+        return _TORCH_PROCESS_GROUP["rank"], _TORCH_PROCESS_GROUP["world_size"]
+    return 0, 1
+
+
+def scaled_for_replica_sum(loss):
+    """`loss` divided by the replica count where the replicas' gradients are summed (tensorflow)."""
+    if keras.backend.backend() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
 
 
 def check_sample_shape(batch, sample_shape, message):
@@ -285,7 +317,7 @@ def exponential_moving_average(averages, variables, decay):
     import torch
 
     with torch.no_grad():
-        torch._foreach_lerp_([a.value for a in averages], [v.value for v in variables], 1.0 - decay)
+        torch._foreach_lerp_([a.value for a in averages], [v.value for v in variables], 1.0 - float(decay))
     return True
 
 

@@ -228,6 +228,7 @@ class ConsistencyModel(keras.Model):
                 dtype=dtype,
                 initializer=keras.initializers.Constant(value),
                 trainable=False,
+                aggregation="only_first_replica",  # every replica holds the same state
                 name=name,
             )
             setattr(self, name, variable)
@@ -238,13 +239,24 @@ class ConsistencyModel(keras.Model):
                     dtype=variable.dtype,
                     initializer=keras.initializers.Constant(ops.convert_to_numpy(variable)),
                     trainable=False,
+                    aggregation="only_first_replica",
                     name=f"ema_{_decay_label(decay)}_{index}",
                 )
                 for index, variable in enumerate(self.network.trainable_variables)
             ]
             for decay in self.ema_decays
         ]
+        # Last, so that files saved before it existed still load (`load_own_variables`).
+        self.micro_batch = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, aggregation="only_first_replica",
+            name="micro_batch",
+        )
         self.built = True
+
+    def load_own_variables(self, store):
+        if len(store.keys()) == len(self._trainable_variables + self._non_trainable_variables) - 1:
+            store = dict({key: store[key] for key in store.keys()}, **{str(len(store.keys())): np.int32(0)})
+        super().load_own_variables(store)
 
     def _build_network(self, data_shape):
         x = keras.KerasTensor((None,) + tuple(data_shape[1:]))
@@ -299,7 +311,12 @@ class ConsistencyModel(keras.Model):
         clean = ops.cast(x, "float32")
         step = ops.convert_to_tensor(self.training_step)
         num_scales, robustness_c = self._schedule(step)
-        noise, index = self._training_draws(clean, y, step, num_scales)
+        micro_batch, micro_batches = self._micro_batch_position()
+        replica, replicas = backend_ops.replica_position()
+        # This batch is one of `shares` equal parts of the update's batch (micro-batches x replicas).
+        shares = micro_batches * replicas
+        share = micro_batch * replicas + replica
+        noise, index, update_index = self._training_draws(clean, y, step, num_scales, share, shares)
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
@@ -309,13 +326,16 @@ class ConsistencyModel(keras.Model):
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
 
-        low_noise = ops.cast(
-            ops.cast(index, "float32") >= ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32")),
-            "float32",
-        )
+        # Normalized by the low-noise count of the whole update, so that the mean over its
+        # shares is the loss of one step on the whole batch.
+        update_low_noise_count = ops.sum(self._low_noise(update_index, num_scales))
         diffusion_weighting = 1.0 / ops.square(t) + 1.0 / self.sigma_data**2
         diffusion_per_sample = losses.mean_squared_residual(student, clean) * diffusion_weighting
-        diffusion_loss = ops.sum(low_noise * diffusion_per_sample) / ops.maximum(ops.sum(low_noise), 1.0)
+        diffusion_loss = (
+            ops.sum(self._low_noise(index, num_scales) * diffusion_per_sample)
+            * shares
+            / ops.maximum(update_low_noise_count, 1.0)
+        )
 
         total = consistency_loss + self.diffusion_weight * diffusion_loss
         if self.losses:
@@ -327,11 +347,17 @@ class ConsistencyModel(keras.Model):
             self.num_scales_tracker.update_state(num_scales)
             self.robustness_c_tracker.update_state(robustness_c)
             if training:
-                self._update_ema()
+                # N, c, the EMA and the step count optimizer updates, not micro-batches.
+                if micro_batches == 1:
+                    self._update_ema()
+                    self.training_step.assign(step + 1)
+                else:
+                    self._update_ema(first_micro_batch=ops.equal(micro_batch, 0))
+                    self.training_step.assign(step + ops.cast(ops.equal(micro_batch, micro_batches - 1), "int32"))
+                    self.micro_batch.assign(ops.mod(micro_batch + 1, micro_batches))
                 self.num_scales.assign(num_scales)
                 self.robustness_c.assign(robustness_c)
-                self.training_step.assign(step + 1)
-        return total
+        return backend_ops.scaled_for_replica_sum(total)
 
     def _check_batch(self, x, noise):
         """Shape and dtype checks of a training batch, when the step is traced (or run eagerly)."""
@@ -355,19 +381,48 @@ class ConsistencyModel(keras.Model):
                 checked[-1] = backend_ops.check_sample_shape(batch, self.data_shape, message)
         return tuple(checked)
 
-    def _training_draws(self, clean, noise, step, num_scales):
-        """The noise z (unless given) and grid indices i of training step `step`."""
+    def _training_draws(self, clean, noise, step, num_scales, share=0, shares=1):
+        """The noise z (unless given) and grid indices i of training step `step`.
+
+        Returns `(noise, indices, update_indices)`. The draws are made for the
+        whole batch of the update, `shares` batches like `clean`, and this
+        batch takes part `share` of them: every replica and micro-batch gets
+        its own noise and indices, and together they are those of one step on
+        the whole batch on one device.
+        """
         # Draws depend on (seed, step) only, so a resumed run draws the same.
         self.seed_generator.state.assign(
             ops.cast(ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * 4]), self.seed_generator.state.dtype)
         )
+        batch = ops.shape(clean)[0]
+
+        def this_share(values):
+            if shares == 1:
+                return values
+            start = ops.cast(share, "int32") * batch
+            return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(values.shape[1:]))
+
         if noise is None:
-            noise = keras.random.normal(ops.shape(clean), seed=self.seed_generator)
+            noise = this_share(keras.random.normal((batch * shares,) + tuple(clean.shape[1:]), seed=self.seed_generator))
         probabilities = schedules.lognormal_index_probabilities(
             num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
         )
-        uniform = keras.random.uniform((ops.shape(clean)[0],), seed=self.seed_generator)
-        return ops.cast(noise, "float32"), schedules.sample_from_probabilities(probabilities, uniform)
+        uniform = keras.random.uniform((batch * shares,), seed=self.seed_generator)
+        update_indices = schedules.sample_from_probabilities(probabilities, uniform)
+        return ops.cast(noise, "float32"), this_share(update_indices), update_indices
+
+    def _low_noise(self, index, num_scales):
+        """1.0 where grid index `index` is among the lowest `diffusion_fraction` of the noise levels."""
+        threshold = ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32"))
+        return ops.cast(ops.cast(index, "float32") >= threshold, "float32")
+
+    def _micro_batch_position(self):
+        """(index of this micro-batch in its update, micro-batches per update) under gradient accumulation."""
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        micro_batches = getattr(optimizer, "gradient_accumulation_steps", None)
+        if not micro_batches:
+            return 0, 1
+        return ops.convert_to_tensor(self.micro_batch), micro_batches
 
     def _sigma(self, index, num_scales):
         return schedules.karras_sigma(index, num_scales, self.sigma_min, self.sigma_max, self.rho)
@@ -386,9 +441,12 @@ class ConsistencyModel(keras.Model):
         robustness_c = ops.where(self.adaptive_c_enabled.value > 0, adaptive, c0)
         return num_scales, robustness_c
 
-    def _update_ema(self):
-        # At the start of step k the EMA folds in the weights step k starts from.
+    def _update_ema(self, first_micro_batch=None):
+        # At the start of step k the EMA folds in the weights step k starts from:
+        # under gradient accumulation, at its first micro-batch (a decay of 1 elsewhere).
         for decay, averages in zip(self.ema_decays, self.ema_weights):
+            if first_micro_batch is not None:
+                decay = ops.where(first_micro_batch, decay, 1.0)
             if backend_ops.exponential_moving_average(averages, self.network.trainable_variables, decay):
                 continue
             for average, variable in zip(averages, self.network.trainable_variables):
