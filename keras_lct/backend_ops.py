@@ -35,7 +35,8 @@ restores glibc's steady state once, before any dataset is read.
 The backend-specific parts of the training step's reliability are here too:
 `state_kept_through_fit` (jax: the state survives a failed first step),
 `interrupts_delivered` (jax: a Ctrl-C is not lost in its garbage-collector
-callback), `after` (tensorflow: state updates run only once the loss exists,
+callback), `gradients_averaged_over_processes` (torch under torchrun: the
+data parallelism that Keras' released torch backend lacks), `after` (tensorflow: state updates run only once the loss exists,
 so a batch that never arrived leaves the step counter and EMA alone) and
 `check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
 for sample shapes unknown when the step is traced).
@@ -188,6 +189,44 @@ def scaled_for_replica_sum(loss):
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def join_torch_process_group(rank, world_size):
+    """Marks this torch process as rank `rank` of `world_size` training one model (torchrun)."""
+    _TORCH_PROCESS_GROUP.update(rank=rank, world_size=world_size)
+
+
+@contextlib.contextmanager
+def gradients_averaged_over_processes(model):
+    """Context around `fit` for torch in a process group: one model trained by all ranks.
+
+    Broadcasts rank 0's variables (weights, EMA and schedule state), then
+    averages every gradient over the processes (`torch.distributed.all_reduce`)
+    as soon as backward has produced it, before the optimizer reads it: every
+    rank applies the same update. A no-op outside a process group and on
+    other backends, whose engines do this themselves.
+    """
+    world_size = _TORCH_PROCESS_GROUP["world_size"]
+    if keras.backend.backend() != "torch" or world_size == 1:
+        yield
+        return
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for variable in model.variables:
+            dist.broadcast(variable.value, src=0)
+
+    def average(parameter):
+        dist.all_reduce(parameter.grad)
+        parameter.grad.div_(world_size)
+
+    hooks = [variable.value.register_post_accumulate_grad_hook(average) for variable in model.trainable_variables]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def check_sample_shape(batch, sample_shape, message):

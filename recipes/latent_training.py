@@ -148,6 +148,7 @@ def main(dataset="custom", argv=None):
     import keras
 
     import keras_lct
+    from keras_lct import backend_ops
     from keras_lct import callbacks as lct_callbacks
     from keras_lct import data
     from keras_lct import schedules
@@ -213,26 +214,28 @@ def main(dataset="custom", argv=None):
     if args.c_schedule != "fixed":
         training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
     training_callbacks.extend(tensorboard(os.path.join(args.output, "logs")))
-    if initial_epoch < final_epoch:
-        print(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({len(batches)} steps each, "
-              f"batch {args.batch_size}, {len(cache)} latents {cache.latents.shape[1:]}).")
-        try:
-            model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
-                      verbose=args.verbose)
-        except KeyboardInterrupt:
-            # The model holds its last completed step, but a checkpoint taken mid-epoch would not
-            # resume exactly (runs resume at epoch starts); the last epoch's checkpoint is kept.
-            kept = f"{checkpoint} is kept" if os.path.exists(checkpoint) else "no checkpoint was written yet"
-            print(f"\nInterrupted at step {int(model.training_step)}; {kept}. Rerun the same command to "
-                  f"continue from the last checkpoint (written every {args.checkpoint_every} epoch(s)).",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
+    try:
+        # Every Ctrl-C from here on stops the run (Python drops some, e.g. in jax's gc callback).
+        with backend_ops.interrupts_delivered(training_callbacks) as training_callbacks:
+            if initial_epoch < final_epoch:
+                print(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({len(batches)} steps "
+                      f"each, batch {args.batch_size}, {len(cache)} latents {cache.latents.shape[1:]}).")
+                model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
+                          verbose=args.verbose)
 
-    # ## 5. The final model, self-contained for sampling.
-    if final_epoch < epochs:
-        print(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
-        return
-    lct_callbacks.save_model_atomic(model, final)
+            # ## 5. The final model, self-contained for sampling.
+            if final_epoch < epochs:
+                print(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
+                return
+            lct_callbacks.save_model_atomic(model, final)
+    except KeyboardInterrupt:
+        # The model holds its last completed step, but a checkpoint taken mid-epoch would not
+        # resume exactly (runs resume at epoch starts); the last epoch's checkpoint is kept.
+        kept = f"{checkpoint} is kept" if os.path.exists(checkpoint) else "no checkpoint was written yet"
+        print(f"\nInterrupted at step {int(model.training_step)}; {kept}. Rerun the same command to "
+              f"continue from the last checkpoint (written every {args.checkpoint_every} epoch(s)).",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"Done: {final} (step {int(model.training_step)}). Samples in {os.path.join(args.output, 'samples')}; "
           f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
 

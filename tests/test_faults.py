@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import keras
@@ -106,7 +107,8 @@ class CtrlCInGarbageCollectorAt(keras.callbacks.Callback):
         sent = []
 
         def interrupt_once(phase, info):
-            if not sent:
+            # Another thread's collection would run the handler in normal code, not in this callback.
+            if not sent and threading.current_thread() is threading.main_thread():
                 sent.append(phase)
                 signal.raise_signal(signal.SIGINT)
 

@@ -31,6 +31,18 @@ _TF_INFINITE_CARDINALITY = -1
 _TF_UNKNOWN_CARDINALITY = -2
 
 
+def _check_shard(shard):
+    if shard is None:
+        return (0, 1)
+    if not isinstance(shard, (tuple, list)) or len(shard) != 2:
+        raise ValueError(f"`shard` must be a pair (index, count); received {shard!r}.")
+    count = check_int("shard count", shard[1], minimum=1)
+    index = check_int("shard index", shard[0], minimum=0)
+    if index >= count:
+        raise ValueError(f"`shard` index {index} must be below its count {count}.")
+    return (index, count)
+
+
 class NoisePairedDataset(keras.utils.PyDataset):
     """Batches `(x0, z)` of clean samples and (OT-paired) Gaussian noise for `fit`.
 
@@ -89,6 +101,12 @@ class NoisePairedDataset(keras.utils.PyDataset):
         ot_group_size: pair within consecutive groups of this many samples
             (e.g. the per-device batch under data parallelism, like the
             authors' code); None pairs the whole batch.
+        shard: `(index, count)`: under data parallelism with several
+            processes (torchrun, multi-host jax), this process's part of every
+            global batch of `batch_size` samples, rows `index * batch_size /
+            count` on, with the same noise and pairing as the whole batch.
+            `keras_lct.distribute.DataParallel.shard` gives it. None: whole
+            batches.
         workers: threads (or processes) preparing batches in parallel.
         use_multiprocessing: use processes instead of threads (not with a
             tf.data source).
@@ -116,6 +134,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
         shuffle=True,
         drop_remainder=True,
         ot_group_size=None,
+        shard=None,
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -132,6 +151,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
         self.ot_group_size = None
         if ot_group_size is not None:
             self.ot_group_size = check_int("ot_group_size", ot_group_size, minimum=2)
+        self.shard = _check_shard(shard)
 
         if isinstance(data, keras.utils.PyDataset):
             self.source = "py_dataset"
@@ -233,7 +253,20 @@ class NoisePairedDataset(keras.utils.PyDataset):
                 "or pass ot=False."
             )
         noise = _batch_noise(x0.shape, self.seed, self.epoch, index)
-        return x0, pair_noise(x0, noise, ot=self.ot, group_size=self.ot_group_size)
+        if self.shard == (0, 1):
+            return x0, pair_noise(x0, noise, ot=self.ot, group_size=self.ot_group_size)
+        part, parts = self.shard
+        if len(x0) % parts:
+            raise ValueError(
+                f"Batch {index} holds {len(x0)} samples, which do not split into {parts} equal shards; "
+                f"use a batch size that is a multiple of {parts}."
+            )
+        rows = slice(part * len(x0) // parts, (part + 1) * len(x0) // parts)
+        group = self.ot_group_size
+        if group is not None and (len(x0) // parts) % group == 0:
+            # Pairing is within groups that lie inside this shard: pair this shard alone.
+            return x0[rows], pair_noise(x0[rows], noise[rows], ot=self.ot, group_size=group)
+        return x0[rows], pair_noise(x0, noise, ot=self.ot, group_size=group)[rows]
 
     def on_epoch_begin(self):
         if self.source == "py_dataset":

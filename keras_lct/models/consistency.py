@@ -635,6 +635,7 @@ class ConsistencyModel(keras.Model):
         x = checked
         args = list(args)
         callbacks = list((args[3] if len(args) > 3 else kwargs.get("callbacks")) or [])  # after batch_size, epochs, verbose
+        _check_batch_splits_over_devices(x, args[0] if args else kwargs.get("batch_size"))
         if isinstance(x, NoisePairedDataset):
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
                 callbacks.insert(0, x.epoch_callback())
@@ -645,7 +646,7 @@ class ConsistencyModel(keras.Model):
                 args[3] = callbacks
             else:
                 kwargs["callbacks"] = callbacks
-            with backend_ops.state_kept_through_fit(self):
+            with backend_ops.state_kept_through_fit(self), backend_ops.gradients_averaged_over_processes(self):
                 return super().fit(x, y, *args, **kwargs)
 
     # ----------------------------------------------------------- serialization
@@ -693,6 +694,28 @@ class ConsistencyModel(keras.Model):
         if isinstance(config.get("latent_normalization"), dict):
             config["latent_normalization"] = keras.layers.deserialize(config["latent_normalization"])
         return cls(**config)
+
+
+def _check_batch_splits_over_devices(x, batch_size):
+    """Under `keras_lct.distribute`, an error before training unless this process's batches split evenly."""
+    from keras_lct import distribute
+
+    from keras_lct.data.paired import NoisePairedDataset
+
+    run = distribute.current()
+    if run is None:
+        return
+    if isinstance(x, NoisePairedDataset):
+        if x.shard[1] != run.process_count:
+            raise ValueError(
+                f"Training runs in {run.process_count} processes, but the NoisePairedDataset is split into "
+                f"{x.shard[1]}: each process must read its own part of every batch. Pass "
+                "`shard=run.shard` (from keras_lct.distribute.data_parallel()) to NoisePairedDataset."
+            )
+        if x.batch_size is not None:
+            run.per_replica_batch_size(x.batch_size)  # its batch size is the global batch
+    elif isinstance(x, np.ndarray):
+        run.per_replica_batch_size((32 if batch_size is None else batch_size) * run.process_count)
 
 
 def _per_sample(values, like):
