@@ -181,6 +181,15 @@ def replica_position():
     return 0, 1
 
 
+def under_tf_distribute_strategy(model):
+    """Whether `model` was made in a `tf.distribute` strategy's scope (tensorflow)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return model.distribute_strategy is not tf.distribute.get_strategy() or tf.distribute.has_strategy()
+
+
 def scaled_for_replica_sum(loss):
     """`loss` divided by the replica count where the replicas' gradients are summed (tensorflow)."""
     if keras.backend.backend() != "tensorflow":

@@ -73,6 +73,24 @@ class DataParallel:
         """The context to build and compile the model in (tensorflow's strategy scope)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
+    def barrier(self, name="barrier"):
+        """Waits until every process gets here (e.g. until the chief has written a file)."""
+        if self.process_count == 1:
+            return
+        backend = keras.backend.backend()
+        if backend == "torch":
+            import torch.distributed
+
+            torch.distributed.barrier()
+        elif backend == "jax":
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(name)
+        else:
+            import tensorflow as tf
+
+            self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(1.0)), axis=None)
+
     def per_replica_batch_size(self, global_batch_size):
         """`global_batch_size` / replicas; an error unless it divides evenly."""
         global_batch_size = check_int("global_batch_size", global_batch_size, minimum=1)

@@ -30,6 +30,7 @@ Reference: paper section 5.1; REFERENCE.md "Training setup", "Latents".
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -66,7 +67,10 @@ WHERE_TO_GET_VAE = (
 RUN_IDENTITY = (
     "dataset", "resolution", "flip", "batch_size", "loss", "norm", "unet", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
+    "mixed_precision", "accumulate",
 )
+# What run.json files written before a setting existed mean by it.
+RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1}
 SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 
@@ -117,6 +121,17 @@ def parse_args(dataset, argv=None):
     training.add_argument("--weight-decay", type=float, default=1e-4, help="RAdam coupled weight decay (default: %(default)s)")
     training.add_argument("--seed", type=int, default=0, help="seed of the latents, noise and initialization (default: %(default)s)")
 
+    scale = parser.add_argument_group("devices and precision")
+    scale.add_argument("--distribute", action="store_true",
+                       help="data-parallel on all visible devices (jax, tensorflow; torch: launch with torchrun, "
+                            "one process per device). --batch-size stays the global batch; docs/distributed.md")
+    scale.add_argument("--mixed-precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                       help="dtype policy: bfloat16 or float16 (with loss scaling) convolutions, float32 weights, "
+                            "norms, attention softmax and losses (default: %(default)s)")
+    scale.add_argument("--accumulate", type=int, default=1, metavar="K",
+                       help="gradient accumulation: each update averages K micro-batches of --batch-size / K "
+                            "(default: %(default)s)")
+
     progress = parser.add_argument_group("checkpoints and progress")
     progress.add_argument("--checkpoint-every", type=int, default=10, help="epochs between checkpoints (default: %(default)s)")
     progress.add_argument("--grid-every", type=int, default=10, help="epochs between sample grids (default: %(default)s)")
@@ -139,6 +154,8 @@ def parse_args(dataset, argv=None):
         parser.error(f"no autoencoder weights. Pass --vae with {WHERE_TO_GET_VAE}.")
     if args.images and args.tfds:
         parser.error("pass either --images or --tfds, not both.")
+    if args.accumulate < 1 or args.batch_size % args.accumulate:
+        parser.error(f"--accumulate {args.accumulate} must be >= 1 and divide --batch-size {args.batch_size}.")
     return args
 
 
@@ -151,6 +168,7 @@ def main(dataset="custom", argv=None):
     from keras_lct import backend_ops
     from keras_lct import callbacks as lct_callbacks
     from keras_lct import data
+    from keras_lct import distribute
     from keras_lct import schedules
     from keras_lct.models import ConsistencyModel
     from keras_lct.models import UNet
@@ -158,14 +176,30 @@ def main(dataset="custom", argv=None):
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
 
-    print(f"keras-lct {keras_lct.__version__}, Keras {keras.__version__} on {keras.backend.backend()}: "
-          f"{DATASETS[dataset]['title']} -> {args.output}")
+    # ## 0. Devices and precision.
+    run = distribute.data_parallel() if args.distribute else None
+    chief = run is None or run.is_chief  # the one process that writes files
+    say = print if chief else (lambda *a, **k: None)
+    say(f"keras-lct {keras_lct.__version__}, Keras {keras.__version__} on {keras.backend.backend()}"
+        f"{f' ({run})' if run else ''}: {DATASETS[dataset]['title']} -> {args.output}")
+    keras.config.set_dtype_policy(args.mixed_precision)
+    if run is not None and args.accumulate > 1 and keras.backend.backend() == "tensorflow":
+        raise SystemExit("error: --accumulate with --distribute needs the jax or torch backend: Keras cannot "
+                         "accumulate gradients under a tf.distribute strategy.")
+    micro_batch_size = args.batch_size // args.accumulate
+    if run is not None:
+        run.per_replica_batch_size(micro_batch_size)  # an error now, not in the first step
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
 
     # ## 1. Images and the autoencoder.
     if args.smoke:
-        args.images, args.vae = write_smoke_inputs(os.path.join(args.output, "smoke_inputs"), args, AutoencoderKL)
+        smoke_inputs = os.path.join(args.output, "smoke_inputs")
+        if chief:
+            write_smoke_inputs(smoke_inputs, args, AutoencoderKL)
+        if run is not None:
+            run.barrier("smoke inputs")
+        args.images, args.vae = write_smoke_inputs(smoke_inputs, args, AutoencoderKL)  # written: their paths
     vae = load_autoencoder(args.vae, preset=args.vae_preset)
     if args.tfds:
         images = data.TFDSImages(args.tfds, args.resolution, split=args.tfds_split, data_dir=args.tfds_data_dir,
@@ -173,71 +207,101 @@ def main(dataset="custom", argv=None):
     else:
         images = data.ImageFolder(args.images, args.resolution, flip=args.flip)
 
-    # ## 2. Latents: encoded once, memory-mapped, normalized per element.
-    cache = data.build_latent_cache(images, vae, args.cache or os.path.join(args.output, "latents"),
-                                    batch_size=args.encode_batch_size, seed=args.seed)
-    batches = data.NoisePairedDataset(cache.training_data(), batch_size=args.batch_size, ot=args.ot, seed=args.seed)
-    epochs = math.ceil(args.steps / len(batches)) if args.steps else args.epochs
-    total_steps = epochs * len(batches)
-    check_run_folder(args, total_steps, cache.info)
+    # ## 2. Latents: encoded once (by the chief), memory-mapped, normalized per element.
+    cache_folder = args.cache or os.path.join(args.output, "latents")
+    def latent_cache():
+        return data.build_latent_cache(images, vae, cache_folder, batch_size=args.encode_batch_size, seed=args.seed)
+
+    cache = latent_cache() if chief else None
+    if run is not None:
+        run.barrier("latent cache")
+        if cache is None:
+            cache = latent_cache()  # the chief's, opened
+    # Micro-batches of the global batch; OT pairs noise within each device's part of one.
+    batches = data.NoisePairedDataset(
+        cache.training_data(), batch_size=micro_batch_size, ot=args.ot, seed=args.seed,
+        shard=run.shard if run is not None else None,
+        ot_group_size=run.per_replica_batch_size(micro_batch_size) if run is not None and run.num_replicas > 1 else None,
+    )
+    steps_per_epoch = len(batches) - len(batches) % args.accumulate  # micro-batches; whole updates only
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(cache)} latents make no full update of {args.batch_size}; lower --batch-size.")
+    updates_per_epoch = steps_per_epoch // args.accumulate
+    epochs = math.ceil(args.steps / updates_per_epoch) if args.steps else args.epochs
+    total_steps = epochs * updates_per_epoch
+    if chief:
+        check_run_folder(args, total_steps, cache.info)
 
     # ## 3. The model: a new one, or the checkpoint of this run.
     checkpoint = os.path.join(args.output, "checkpoint.keras")
-    if os.path.exists(checkpoint):
-        model = keras_lct.saving.load_model(checkpoint)
-        print(f"Resuming {checkpoint} at step {int(model.training_step)} of {total_steps}.")
-    else:
-        latent_shape = cache.latents.shape[1:]
-        unet = UNet.from_preset(args.unet, img_resolution=latent_shape[0], in_channels=latent_shape[-1],
-                                out_channels=latent_shape[-1], norm=args.norm, dropout=args.dropout)
-        model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
-                                 diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
-                                 seed=args.seed, latent_normalization=cache.normalization())
-        model.build((None,) + latent_shape)
-        model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay))
-    initial_epoch = int(model.training_step) // len(batches)
+    with run.scope() if run is not None else contextlib.nullcontext():
+        if os.path.exists(checkpoint):
+            model = keras_lct.saving.load_model(checkpoint)
+            say(f"Resuming {checkpoint} at step {step_of(model)} of {total_steps}.")
+        else:
+            latent_shape = cache.latents.shape[1:]
+            unet = UNet.from_preset(args.unet, img_resolution=latent_shape[0], in_channels=latent_shape[-1],
+                                    out_channels=latent_shape[-1], norm=args.norm, dropout=args.dropout)
+            model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
+                                     diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
+                                     seed=args.seed, latent_normalization=cache.normalization())
+            model.build((None,) + latent_shape)
+            accumulation = args.accumulate if args.accumulate > 1 else None
+            model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay,
+                                          gradient_accumulation_steps=accumulation))
+    initial_epoch = step_of(model) // updates_per_epoch
     final_epoch = epochs if args.stop_after_epochs is None else min(epochs, initial_epoch + args.stop_after_epochs)
     final = os.path.join(args.output, "lct.keras")
     if initial_epoch >= epochs and os.path.exists(final):
-        print(f"Already trained: {final} (step {int(model.training_step)}); nothing to do.")
+        say(f"Already trained: {final} (step {step_of(model)}); nothing to do.")
         return
 
-    # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs.
+    # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs (written by the chief).
     two_step = [schedules.SIGMA_MAX, float(schedules.karras_sigma(args.two_step_level, schedules.CURRICULUM_S1 + 1))]
-    training_callbacks = [
-        lct_callbacks.ExpCurriculum(total_steps),
-        lct_callbacks.Checkpoint(checkpoint, every_epochs=args.checkpoint_every),
-        lct_callbacks.SampleGrid(os.path.join(args.output, "samples"), every_epochs=args.grid_every,
-                                 num_samples=args.grid_samples, steps=(1, two_step),
-                                 decode=data.LatentDecoder(model.latent_normalization, vae)),
-    ]
+    training_callbacks = [lct_callbacks.ExpCurriculum(total_steps)]
     if args.c_schedule != "fixed":
         training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
-    training_callbacks.extend(tensorboard(os.path.join(args.output, "logs")))
+    if chief:
+        training_callbacks += [
+            lct_callbacks.Checkpoint(checkpoint, every_epochs=args.checkpoint_every),
+            lct_callbacks.SampleGrid(os.path.join(args.output, "samples"), every_epochs=args.grid_every,
+                                     num_samples=args.grid_samples, steps=(1, two_step),
+                                     decode=data.LatentDecoder(model.latent_normalization, vae)),
+            *tensorboard(os.path.join(args.output, "logs")),
+        ]
     try:
         # Every Ctrl-C from here on stops the run (Python drops some, e.g. in jax's gc callback).
         with backend_ops.interrupts_delivered(training_callbacks) as training_callbacks:
             if initial_epoch < final_epoch:
-                print(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({len(batches)} steps "
-                      f"each, batch {args.batch_size}, {len(cache)} latents {cache.latents.shape[1:]}).")
-                model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
-                          verbose=args.verbose)
+                say(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({updates_per_epoch} updates "
+                    f"each, batch {args.batch_size}{f' in {args.accumulate} micro-batches' if args.accumulate > 1 else ''}, "
+                    f"{len(cache)} latents {cache.latents.shape[1:]}).")
+                model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                          callbacks=training_callbacks, verbose=args.verbose if chief else 0)
 
             # ## 5. The final model, self-contained for sampling.
             if final_epoch < epochs:
-                print(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
+                say(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
                 return
-            lct_callbacks.save_model_atomic(model, final)
+            if chief:
+                lct_callbacks.save_model_atomic(model, final)
     except KeyboardInterrupt:
         # The model holds its last completed step, but a checkpoint taken mid-epoch would not
         # resume exactly (runs resume at epoch starts); the last epoch's checkpoint is kept.
         kept = f"{checkpoint} is kept" if os.path.exists(checkpoint) else "no checkpoint was written yet"
-        print(f"\nInterrupted at step {int(model.training_step)}; {kept}. Rerun the same command to "
+        print(f"\nInterrupted at step {step_of(model)}; {kept}. Rerun the same command to "
               f"continue from the last checkpoint (written every {args.checkpoint_every} epoch(s)).",
               file=sys.stderr)
         raise SystemExit(130) from None
-    print(f"Done: {final} (step {int(model.training_step)}). Samples in {os.path.join(args.output, 'samples')}; "
-          f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
+    say(f"Done: {final} (step {step_of(model)}). Samples in {os.path.join(args.output, 'samples')}; "
+        f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
+
+
+def step_of(model):
+    """The model's training step (its optimizer updates), as an int on every backend and strategy."""
+    import keras
+
+    return int(keras.ops.convert_to_numpy(model.training_step))
 
 
 def check_run_folder(args, total_steps, cache_info):
@@ -249,6 +313,7 @@ def check_run_folder(args, total_steps, cache_info):
     if os.path.exists(path):
         with open(path) as file:
             previous = json.load(file)
+        previous = dict(RUN_IDENTITY_DEFAULTS, **previous)
         changed = [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in settings.items()
                    if previous.get(key) != json.loads(json.dumps(value))]
         if changed:

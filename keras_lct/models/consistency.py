@@ -635,7 +635,7 @@ class ConsistencyModel(keras.Model):
         x = checked
         args = list(args)
         callbacks = list((args[3] if len(args) > 3 else kwargs.get("callbacks")) or [])  # after batch_size, epochs, verbose
-        _check_batch_splits_over_devices(x, args[0] if args else kwargs.get("batch_size"))
+        _check_distributed_fit(self, x, args[0] if args else kwargs.get("batch_size"))
         if isinstance(x, NoisePairedDataset):
             if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
                 callbacks.insert(0, x.epoch_callback())
@@ -696,12 +696,17 @@ class ConsistencyModel(keras.Model):
         return cls(**config)
 
 
-def _check_batch_splits_over_devices(x, batch_size):
-    """Under `keras_lct.distribute`, an error before training unless this process's batches split evenly."""
+def _check_distributed_fit(model, x, batch_size):
+    """Errors before training for what data parallelism cannot run: uneven batches, unsharded data, ..."""
     from keras_lct import distribute
-
     from keras_lct.data.paired import NoisePairedDataset
 
+    if model._micro_batch_position()[1] > 1 and backend_ops.under_tf_distribute_strategy(model):
+        raise ValueError(
+            "Keras cannot accumulate gradients under a tf.distribute strategy (its optimizer's conditional "
+            "update crosses the replicas). Drop `gradient_accumulation_steps`, or train on the jax or torch "
+            "backend, where accumulation and data parallelism combine."
+        )
     run = distribute.current()
     if run is None:
         return
