@@ -3,9 +3,10 @@
 Faults injected in-process on every backend: an exception or Ctrl-C
 (KeyboardInterrupt) from a callback, a Ctrl-C that Python drops in a
 garbage-collector callback (as jax's own one did), a batch that fails in the
-first step, and a save interrupted mid-file; and a recipe's `--smoke` run stopped by
-SIGINT (Ctrl-C) or SIGKILL once its first checkpoint is written, then rerun:
-it must end at the weights of an uninterrupted run of the same seed.
+first step, and a save interrupted mid-file; and a recipe's `--smoke` run killed (SIGKILL)
+once its first checkpoint is written, rerun and stopped by one Ctrl-C
+(SIGINT) as it trains again, then rerun: it must end at the weights of an
+uninterrupted run of the same seed.
 """
 
 import gc
@@ -181,37 +182,45 @@ def uninterrupted_smoke_run(tmp_path_factory):
     return _final_weights(output)
 
 
-def _run_until_first_checkpoint_then(signal_number, output):
-    """Starts the smoke recipe, sends `signal_number` once its first checkpoint exists, waits for it."""
+def _run_until_then(signal_number, output, ready):
+    """Starts the smoke recipe, sends `signal_number` once when `ready()`, waits for it; (returncode, stderr)."""
     environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
-    log = output + ".stderr.txt"  # files, not pipes: a full pipe would stall the run before its checkpoint
-    with open(os.devnull, "w") as stdout, open(log, "w") as stderr:
+    log = output + ".log"  # files, not pipes: a full pipe would stall the run before its checkpoint
+    with open(log, "w") as stdout, open(log + ".stderr", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "recipes", "celeba.py"), "--smoke", "--output", output],
             stdout=stdout, stderr=stderr, env=environment, cwd=ROOT,
         )
-    checkpoint = os.path.join(output, "checkpoint.keras")
     deadline = time.monotonic() + 600
-    while not os.path.exists(checkpoint) and process.poll() is None and time.monotonic() < deadline:
+    while not ready(log) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if process.poll() is None:
         process.send_signal(signal_number)  # once: a Ctrl-C must never need pressing twice
     process.wait(timeout=600)
-    with open(log) as file:
+    with open(log + ".stderr") as file:
         return process.returncode, file.read()
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_a_killed_recipe_resumes_to_the_weights_of_an_uninterrupted_run(signal_number, uninterrupted_smoke_run, tmp_path):
+def test_a_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_uninterrupted_run(uninterrupted_smoke_run, tmp_path):
     output = str(tmp_path / "run")
-    returncode, stderr = _run_until_first_checkpoint_then(signal_number, output)
-    # The signal lands in epoch 2 of 2 (its grid and steps take seconds), or while epoch 1's checkpoint is written.
-    if signal_number == signal.SIGINT:
-        assert returncode == 130 and "Interrupted at step" in stderr, stderr[-3000:]
-    else:
-        assert returncode == -signal.SIGKILL
+    checkpoint = os.path.join(output, "checkpoint.keras")
+
+    # SIGKILL once epoch 1's checkpoint exists: nothing runs after it.
+    returncode, stderr = _run_until_then(signal.SIGKILL, output, lambda log: os.path.exists(checkpoint))
+    assert returncode == -signal.SIGKILL, stderr[-3000:]
     assert not os.path.exists(os.path.join(output, "lct.keras"))
-    keras_lct.saving.load_model(os.path.join(output, "checkpoint.keras"))  # whole, loadable
+    keras_lct.saving.load_model(checkpoint)  # whole, loadable
+
+    # The rerun resumes; one Ctrl-C as it starts training epoch 2 stops it with exit 130.
+    def training(log):
+        with open(log) as file:
+            return "Training epochs 2-2" in file.read()
+
+    returncode, stderr = _run_until_then(signal.SIGINT, output, training)
+    assert returncode == 130 and "Interrupted at step 5" in stderr, stderr[-3000:]
+    assert not os.path.exists(os.path.join(output, "lct.keras"))
+    assert int(keras_lct.saving.load_model(checkpoint).training_step) == 5
+
     resumed = run_recipe("celeba.py", "--smoke", "--output", output)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming" in resumed.stdout
