@@ -99,6 +99,9 @@ def test_mixed_precision_trains_like_float32(policy, float32_run):
     assert not [v.path for v in model.weights if v.dtype in ("float16", "bfloat16")]  # float32 master weights
     if policy == "mixed_float16":
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    loss = model.compute_loss(x=keras.ops.convert_to_tensor(PATTERNS[:8]), y=keras.ops.convert_to_tensor(NOISE[:8]),
+                              training=False)
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"  # the losses stay float32
     assert all(np.isfinite(value).all() for value in state_of(model))
     assert np.isfinite(losses).all()
     # It learns: the loss falls and the denoiser improves, as much as in float32.
