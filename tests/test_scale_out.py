@@ -109,3 +109,16 @@ def test_mixed_precision_trains_like_float32(policy, float32_run):
     assert denoising_error(model) < 0.8 * initial_error
     np.testing.assert_allclose(losses, reference_losses, rtol=0.05)
     np.testing.assert_allclose(denoising_error(model), denoising_error(reference), rtol=0.05)
+
+
+def test_files_saved_before_the_micro_batch_counter_existed_still_load():
+    saved = tiny_model(RAdam(1e-3))
+    saved.micro_batch.assign(3)
+    own = saved._trainable_variables + saved._non_trainable_variables
+    assert own[-1] is saved.micro_batch
+    old_store = {str(i): keras.ops.convert_to_numpy(v) for i, v in enumerate(own[:-1])}  # without the counter
+    loaded = tiny_model(RAdam(1e-3))
+    loaded.load_own_variables(old_store)
+    for value, variable in zip(old_store.values(), loaded._trainable_variables + loaded._non_trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
+    assert int(loaded.micro_batch) == 0
