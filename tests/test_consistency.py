@@ -98,7 +98,7 @@ def test_objective_matches_an_independent_computation(distance):
     clean = mixture(64, seed=3)
     noise = np.random.default_rng(4).standard_normal(clean.shape).astype("float32")
     step = ops.convert_to_tensor(0, "int32")
-    _, index = model._training_draws(ops.convert_to_tensor(clean), noise, step, ops.convert_to_tensor(21, "int32"))
+    _, index, _ = model._training_draws(ops.convert_to_tensor(clean), noise, step, ops.convert_to_tensor(21, "int32"))
     index = ops.convert_to_numpy(index)
     assert index.min() >= 0 and index.max() <= 19
     c = schedules.ict_c0(2)
@@ -124,8 +124,8 @@ def test_noise_differs_between_steps_and_samples_and_repeats_for_a_step():
     clean = ops.convert_to_tensor(mixture(32))
     n = ops.convert_to_tensor(641, "int32")
     draws = [model._training_draws(clean, None, ops.convert_to_tensor(step, "int32"), n) for step in (0, 1, 0)]
-    noise = [ops.convert_to_numpy(noise) for noise, _ in draws]
-    index = [ops.convert_to_numpy(index) for _, index in draws]
+    noise = [ops.convert_to_numpy(noise) for noise, _, _ in draws]
+    index = [ops.convert_to_numpy(index) for _, index, _ in draws]
     assert not np.allclose(noise[0], noise[1])
     np.testing.assert_array_equal(noise[0], noise[2])
     np.testing.assert_array_equal(index[0], index[2])

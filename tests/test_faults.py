@@ -121,8 +121,16 @@ class CtrlCInGarbageCollectorAt(keras.callbacks.Callback):
         assert handled
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT handled as in a program started from a terminal (a test run in the background ignores it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt, as printed
-def test_a_ctrl_c_dropped_by_a_garbage_collector_callback_still_stops_fit():
+def test_a_ctrl_c_dropped_by_a_garbage_collector_callback_still_stops_fit(ctrl_c_raises):
     model = built_model()
     completed = CompletedSteps()
     with pytest.raises(KeyboardInterrupt):
@@ -190,6 +198,8 @@ def _run_until_then(signal_number, output, ready):
         process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "recipes", "celeba.py"), "--smoke", "--output", output],
             stdout=stdout, stderr=stderr, env=environment, cwd=ROOT,
+            # As from a terminal: a test run in the background passes SIGINT on ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     deadline = time.monotonic() + 600
     while not ready(log) and process.poll() is None and time.monotonic() < deadline:

@@ -418,7 +418,8 @@ class ConsistencyModel(keras.Model):
 
     def _micro_batch_position(self):
         """(index of this micro-batch in its update, micro-batches per update) under gradient accumulation."""
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        optimizer = getattr(self, "optimizer", None)  # None, or absent on torch, before compile
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)
         micro_batches = getattr(optimizer, "gradient_accumulation_steps", None)
         if not micro_batches:
             return 0, 1
