@@ -217,16 +217,15 @@ def main(dataset="custom", argv=None):
         run.barrier("latent cache")
         if cache is None:
             cache = latent_cache()  # the chief's, opened
-    # Micro-batches of the global batch; OT pairs noise within each device's part of one.
+    # Micro-batches of the global batch, whole updates per epoch; OT pairs noise within each device's part.
+    updates_per_epoch = len(cache) // args.batch_size
+    if updates_per_epoch == 0:
+        raise SystemExit(f"error: {len(cache)} latents make no full batch of {args.batch_size}; lower --batch-size.")
     batches = data.NoisePairedDataset(
         cache.training_data(), batch_size=micro_batch_size, ot=args.ot, seed=args.seed,
-        shard=run.shard if run is not None else None,
+        batches_per_epoch=updates_per_epoch * args.accumulate, shard=run.shard if run is not None else None,
         ot_group_size=run.per_replica_batch_size(micro_batch_size) if run is not None and run.num_replicas > 1 else None,
     )
-    steps_per_epoch = len(batches) - len(batches) % args.accumulate  # micro-batches; whole updates only
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(cache)} latents make no full update of {args.batch_size}; lower --batch-size.")
-    updates_per_epoch = steps_per_epoch // args.accumulate
     epochs = math.ceil(args.steps / updates_per_epoch) if args.steps else args.epochs
     total_steps = epochs * updates_per_epoch
     if chief:
@@ -276,8 +275,8 @@ def main(dataset="custom", argv=None):
                 say(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({updates_per_epoch} updates "
                     f"each, batch {args.batch_size}{f' in {args.accumulate} micro-batches' if args.accumulate > 1 else ''}, "
                     f"{len(cache)} latents {cache.latents.shape[1:]}).")
-                model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                          callbacks=training_callbacks, verbose=args.verbose if chief else 0)
+                model.fit(batches, epochs=final_epoch, initial_epoch=initial_epoch, callbacks=training_callbacks,
+                          verbose=args.verbose if chief else 0)
 
             # ## 5. The final model, self-contained for sampling.
             if final_epoch < epochs:

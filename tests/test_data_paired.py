@@ -286,3 +286,20 @@ def test_fit_stops_at_the_first_bad_batch_before_any_step():
             verbose=0,
         )
     assert steps == []
+
+
+def test_batches_per_epoch_keeps_whole_updates_and_leaves_other_samples_out_each_epoch():
+    samples = np.arange(10 * 4, dtype="float32").reshape(10, 2, 2, 1)
+    batches = NoisePairedDataset(samples, batch_size=2, ot=False, seed=3, batches_per_epoch=4)
+    assert len(batches) == 4
+    left_out = []
+    for epoch in range(3):
+        batches.epoch = epoch
+        seen = np.concatenate([batches[index][0] for index in range(len(batches))])
+        assert len(np.unique(seen[:, 0, 0, 0])) == 8  # distinct samples, no repeats
+        left_out.append(set(samples[:, 0, 0, 0]) - set(seen[:, 0, 0, 0]))
+    assert len({frozenset(s) for s in left_out}) > 1
+    with pytest.raises(ValueError, match="exceeds the 5 full batches"):
+        NoisePairedDataset(samples, batch_size=2, batches_per_epoch=6)
+    with pytest.raises(ValueError, match="applies to array data"):
+        NoisePairedDataset(Batches(np.zeros((16, 2, 2, 1), "float32")), batches_per_epoch=1)

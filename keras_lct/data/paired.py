@@ -101,6 +101,10 @@ class NoisePairedDataset(keras.utils.PyDataset):
         ot_group_size: pair within consecutive groups of this many samples
             (e.g. the per-device batch under data parallelism, like the
             authors' code); None pairs the whole batch.
+        batches_per_epoch: array data: use only the first this-many batches
+            of every epoch (e.g. whole gradient-accumulation updates); with
+            `shuffle=True` the samples left out change from epoch to epoch.
+            None: all full batches.
         shard: `(index, count)`: under data parallelism with several
             processes (torchrun, multi-host jax), this process's part of every
             global batch of `batch_size` samples, rows `index * batch_size /
@@ -134,6 +138,7 @@ class NoisePairedDataset(keras.utils.PyDataset):
         shuffle=True,
         drop_remainder=True,
         ot_group_size=None,
+        batches_per_epoch=None,
         shard=None,
         workers=1,
         use_multiprocessing=False,
@@ -201,6 +206,16 @@ class NoisePairedDataset(keras.utils.PyDataset):
                     "(or drop_remainder=True), or pass ot=False."
                 )
             self._order = self._epoch_order(0)
+        if batches_per_epoch is not None:
+            if self.source != "array":
+                raise ValueError("`batches_per_epoch` applies to array data; a batched source sets its own length.")
+            batches_per_epoch = check_int("batches_per_epoch", batches_per_epoch, minimum=1)
+            if batches_per_epoch > self._num_batches:
+                raise ValueError(
+                    f"`batches_per_epoch` ({batches_per_epoch}) exceeds the {self._num_batches} full batches "
+                    "of the data."
+                )
+            self._num_batches = batches_per_epoch
         if self._num_batches == 0:
             raise ValueError(
                 f"The {type(data).__name__} source holds no batches: there is no data to train on."
