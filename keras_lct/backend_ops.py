@@ -35,11 +35,15 @@ restores glibc's steady state once, before any dataset is read.
 The backend-specific parts of the training step's reliability are here too:
 `state_kept_through_fit` (jax: the state survives a failed first step),
 `interrupts_delivered` (jax: a Ctrl-C is not lost in its garbage-collector
-callback), `gradients_averaged_over_processes` (torch under torchrun: the
-data parallelism that Keras' released torch backend lacks), `after` (tensorflow: state updates run only once the loss exists,
+callback), `after` (tensorflow: state updates run only once the loss exists,
 so a batch that never arrived leaves the step counter and EMA alone) and
 `check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
 for sample shapes unknown when the step is traced).
+
+And data parallelism's backend parts: `replica_position` (which part of an
+update this replica computes), `scaled_for_replica_sum` (tensorflow sums the
+replicas' gradients), `gradients_averaged_over_processes` (torch under
+torchrun, which Keras' released torch backend does not cover).
 """
 
 import contextlib
@@ -53,8 +57,6 @@ import keras
 from keras import ops
 
 _STATE = threading.local()
-# Set by keras_lct.distribute when torch trains in a process group (torchrun).
-_TORCH_PROCESS_GROUP = {"rank": 0, "world_size": 1}
 
 # glibc's mallopt parameters, and the ceiling its dynamic mmap threshold grows
 # to on 64-bit systems (its trim threshold follows at twice the mmap threshold).
@@ -176,9 +178,20 @@ def replica_position():
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             return ops.cast(context.replica_id_in_sync_group, "int32"), context.num_replicas_in_sync
-    if keras.backend.backend() == "torch" and _TORCH_PROCESS_GROUP["world_size"] > 1:
-        return _TORCH_PROCESS_GROUP["rank"], _TORCH_PROCESS_GROUP["world_size"]
+    processes = _torch_processes()
+    if processes is not None:
+        return processes.process_index, processes.process_count
     return 0, 1
+
+
+def _torch_processes():
+    """The `keras_lct.distribute.DataParallel` of torch ranks training one model, or None."""
+    if keras.backend.backend() != "torch":
+        return None
+    from keras_lct import distribute  # here: distribute imports this module
+
+    run = distribute.current()
+    return run if run is not None and run.process_count > 1 else None
 
 
 def under_tf_distribute_strategy(model):
@@ -200,11 +213,6 @@ def scaled_for_replica_sum(loss):
     return loss / replicas if replicas > 1 else loss
 
 
-def join_torch_process_group(rank, world_size):
-    """Marks this torch process as rank `rank` of `world_size` training one model (torchrun)."""
-    _TORCH_PROCESS_GROUP.update(rank=rank, world_size=world_size)
-
-
 @contextlib.contextmanager
 def gradients_averaged_over_processes(model):
     """Context around `fit` for torch in a process group: one model trained by all ranks.
@@ -215,10 +223,11 @@ def gradients_averaged_over_processes(model):
     rank applies the same update. A no-op outside a process group and on
     other backends, whose engines do this themselves.
     """
-    world_size = _TORCH_PROCESS_GROUP["world_size"]
-    if keras.backend.backend() != "torch" or world_size == 1:
+    processes = _torch_processes()
+    if processes is None:
         yield
         return
+    world_size = processes.process_count
     import torch
     import torch.distributed as dist
 

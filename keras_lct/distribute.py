@@ -26,7 +26,6 @@ import os
 
 import keras
 
-from keras_lct import backend_ops
 from keras_lct._validation import check_int
 
 
@@ -47,9 +46,10 @@ class DataParallel:
         model = ConsistencyModel(UNet.from_preset("celeba256"))
         model.build((None, 32, 32, 4))
         model.compile(optimizer=RAdam(1e-4))
-    batches = NoisePairedDataset(latents, batch_size=run.process_batch_size(128), shard=run.shard,
+    # batch_size is the global batch; each process reads its shard of it.
+    batches = NoisePairedDataset(latents, batch_size=128, shard=run.shard,
                                  ot_group_size=run.per_replica_batch_size(128))
-    model.fit(batches, epochs=1400, callbacks=[...] if run.is_chief else [...])
+    model.fit(batches, epochs=1400, verbose=1 if run.is_chief else 0)
     ```
     """
 
@@ -199,5 +199,4 @@ def _torch_data_parallel():
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    backend_ops.join_torch_process_group(rank, world_size)
     return _activate(DataParallel(world_size, rank, world_size))

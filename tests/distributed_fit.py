@@ -9,6 +9,7 @@ weights and state, its loss history and the shape of its batches.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -41,7 +42,7 @@ GLOBAL_BATCH = 16
 run = distribute.data_parallel() if args.devices > 1 else None
 if run is not None:
     assert run.num_replicas == args.devices, run
-with run.scope() if run is not None else keras.utils.custom_object_scope({}):
+with run.scope() if run is not None else contextlib.nullcontext():
     model = tiny_model(RAdam(1e-2, gradient_accumulation_steps=args.accumulate), diffusion_fraction=0.6)
 if os.path.exists(args.initial):
     initial = np.load(args.initial)

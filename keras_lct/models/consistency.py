@@ -400,15 +400,15 @@ class ConsistencyModel(keras.Model):
             if shares == 1:
                 return values
             start = ops.cast(share, "int32") * batch
-            return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(values.shape[1:]))
+            return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(ops.shape(values)[1:]))
 
         if noise is None:
-            shape = ops.shape(clean) if shares == 1 else (batch * shares,) + tuple(clean.shape[1:])
-            noise = this_share(keras.random.normal(shape, seed=self.seed_generator))
+            # ops.shape: tensorflow may trace with unknown sample dimensions.
+            noise = this_share(keras.random.normal((batch * shares,) + tuple(ops.shape(clean)[1:]), seed=self.seed_generator))
         probabilities = schedules.lognormal_index_probabilities(
             num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
         )
-        uniform = keras.random.uniform((batch if shares == 1 else batch * shares,), seed=self.seed_generator)
+        uniform = keras.random.uniform((batch * shares,), seed=self.seed_generator)
         update_indices = schedules.sample_from_probabilities(probabilities, uniform)
         return ops.cast(noise, "float32"), this_share(update_indices), update_indices
 
