@@ -88,6 +88,23 @@ def test_heavy_tailed_data_has_more_extreme_outliers_than_gaussian():
     assert extreme["t"] > 0.01 and extreme["salt_and_pepper"] > 0.004
 
 
+def test_injected_impulsive_outliers_replace_the_given_fraction_with_both_signs_and_leave_the_rest():
+    clean = np.random.default_rng(0).normal(0, 0.5, size=(2000, 4, 4, 4)).astype("float32")
+    heavy = analysis.with_impulsive_outliers(clean, fraction=0.005, magnitude=(4.0, 8.0), seed=3)
+    replaced = heavy != clean
+    assert heavy.shape == clean.shape and heavy.dtype == np.float32
+    assert abs(replaced.mean() - 0.005) < 0.0008  # 128,000 Bernoulli(0.005) draws: std 0.0002
+    assert np.all((np.abs(heavy[replaced]) >= 4.0) & (np.abs(heavy[replaced]) <= 8.0))
+    assert 0.4 < np.mean(heavy[replaced] > 0) < 0.6
+    np.testing.assert_array_equal(heavy, analysis.with_impulsive_outliers(clean, 0.005, (4.0, 8.0), seed=3))
+    assert analysis.box_statistics(heavy)["extreme_outliers"]["fraction"] > 0.004
+    assert analysis.box_statistics(clean)["extreme_outliers"]["fraction"] < 1e-4
+    with pytest.raises(ValueError, match="fraction"):
+        analysis.with_impulsive_outliers(clean, fraction=1.5)
+    with pytest.raises(ValueError, match="magnitude"):
+        analysis.with_impulsive_outliers(clean, magnitude=(8.0, 4.0))
+
+
 # ---------------------------------------------------------------- TD values
 @pytest.fixture(scope="module")
 def model():

@@ -108,6 +108,8 @@ def numpy_layer_norm(x, eps=1e-5, center=True):
         ("layer", numpy_layer_norm, [(4, 4, 64), (4, 4, 64)]),
         ("rms", lambda x: numpy_layer_norm(x, center=False), [(4, 4, 64)]),
         ("NsLN", numpy_layer_norm, [(4, 4, 64)]),
+        ("NsGN", lambda x: numpy_group_norm(x, 16), [(64,)]),  # GroupNorm without its scale
+        ("non_scaling_instance", lambda x: numpy_group_norm(x, 64), [(64,)]),
     ],
 )
 def test_norm_factory_against_numpy(kind, expected_fn, weight_shapes):
@@ -116,6 +118,17 @@ def test_norm_factory_against_numpy(kind, expected_fn, weight_shapes):
     y = numpy_of(layer(x))
     np.testing.assert_allclose(y, expected_fn(x), rtol=2e-3, atol=2e-3)
     assert sorted(tuple(w.shape) for w in layer.trainable_weights) == sorted(weight_shapes)
+
+
+@pytest.mark.parametrize("kind, groups", [("nsgn", 16), ("nsin", 64)])
+def test_non_scaling_group_norms_add_their_offset_per_channel_and_never_scale(kind, groups):
+    x = (np.random.default_rng(3).normal(size=(2, 4, 4, 64)) * 3 + 1).astype("float32")
+    layer = layers.normalization(kind, 64)
+    layer.build(x.shape)
+    offset = np.linspace(-1, 1, 64).astype("float32")
+    layer.beta.assign(offset)
+    np.testing.assert_allclose(numpy_of(layer(x)), numpy_group_norm(x, groups) + offset, rtol=2e-3, atol=2e-3)
+    assert not hasattr(layer, "gamma") or layer.gamma is None
 
 
 def test_group_count_follows_the_authors_rule():

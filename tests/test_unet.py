@@ -45,7 +45,7 @@ def test_presets_are_the_reference_configs():
 
 
 def test_every_norm_is_the_chosen_one():
-    for norm, layer_type in [("nsln", layers.NonScalingLayerNormalization), ("group", keras.layers.GroupNormalization), ("layer", keras.layers.LayerNormalization), ("rms", keras.layers.RMSNormalization)]:
+    for norm, layer_type in [("nsln", layers.NonScalingLayerNormalization), ("group", keras.layers.GroupNormalization), ("layer", keras.layers.LayerNormalization), ("rms", keras.layers.RMSNormalization), ("nsgn", keras.layers.GroupNormalization)]:
         unet = UNet(**MICRO, norm=norm)
         unet.build([(None, 8, 8, 2), (None,)])
         norms = [layer for layer in unet._flatten_layers() if "norm" in layer.name and not isinstance(layer, (layers.UNetBlock, layers.AttentionBlock))]

@@ -1,4 +1,4 @@
-"""Non-scaling LayerNorm and a factory for the normalizations of table 2d."""
+"""Non-scaling LayerNorm and a factory for the normalizations of table 2d (and its non-scaling variants)."""
 
 import keras
 from keras import ops
@@ -65,8 +65,16 @@ class NonScalingLayerNormalization(keras.layers.Layer):
         return config
 
 
-NORMALIZATIONS = ("group", "instance", "layer", "rms", "nsln")
-_ALIASES = {"gn": "group", "in": "instance", "ln": "layer", "rmsnorm": "rms", "non_scaling_layer": "nsln"}
+NORMALIZATIONS = ("group", "instance", "layer", "rms", "nsln", "nsgn", "nsin")
+_ALIASES = {
+    "gn": "group",
+    "in": "instance",
+    "ln": "layer",
+    "rmsnorm": "rms",
+    "non_scaling_layer": "nsln",
+    "non_scaling_group": "nsgn",
+    "non_scaling_instance": "nsin",
+}
 
 
 def normalization_name(name):
@@ -80,7 +88,7 @@ def normalization_name(name):
     if canonical not in NORMALIZATIONS:
         raise ValueError(
             f"Unknown normalization {name!r}. Accepted: {', '.join(NORMALIZATIONS)} "
-            "(case-insensitive; also the paper's GN, IN, LN, RMS, NsLN)."
+            "(case-insensitive; also the paper's GN, IN, LN, RMS, NsLN and NsGN, NsIN)."
         )
     return canonical
 
@@ -95,8 +103,12 @@ def normalization(kind, channels, epsilon=1e-5, **kwargs):
     | `"layer"` | all of H, W, C | per element (gamma, beta) |
     | `"rms"` | all of H, W, C (root mean square, no centering) | per element (gamma) |
     | `"nsln"` | all of H, W, C | per element (beta only) |
+    | `"nsgn"` | as `"group"` | per channel (beta only) |
+    | `"nsin"` | as `"instance"` | per channel (beta only) |
 
-    Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
+    `"nsgn"` and `"nsin"` are the non-scaling GroupNorm and InstanceNorm
+    the paper proposes as future work (section 6): GroupNorm without its
+    scale, as NsLN is LayerNorm without its scale. Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
     they are tied to the feature-map size they are built for, as in the
     authors' network (torch `LayerNorm([C, H, W])`). All compute in float32.
 
@@ -112,13 +124,14 @@ def normalization(kind, channels, epsilon=1e-5, **kwargs):
     Example:
     >>> norm = normalization("NsLN", channels=64)   # paper table 2d, best row
 
-    Reference: paper section 4.6 and table 2d.
+    Reference: paper section 4.6, table 2d, and section 6 (future work).
     """
     kind = normalization_name(kind)
-    if kind == "group":
-        return keras.layers.GroupNormalization(groups=min(32, max(channels // 4, 1)), epsilon=epsilon, **kwargs)
-    if kind == "instance":
-        return keras.layers.GroupNormalization(groups=channels, epsilon=epsilon, **kwargs)
+    if kind in ("group", "nsgn"):
+        groups = min(32, max(channels // 4, 1))
+        return keras.layers.GroupNormalization(groups, epsilon=epsilon, scale=kind == "group", **kwargs)
+    if kind in ("instance", "nsin"):
+        return keras.layers.GroupNormalization(channels, epsilon=epsilon, scale=kind == "instance", **kwargs)
     if kind == "layer":
         return keras.layers.LayerNormalization(axis=(-3, -2, -1), epsilon=epsilon, **kwargs)
     if kind == "rms":
