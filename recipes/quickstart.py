@@ -22,8 +22,10 @@ pixels that ship with the package; nothing is downloaded):
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
 2-step samples), training.png (the curves), metrics.json, model.keras (sample from it later with
-recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras,
-impulsive_noise.png / .json (fig. 1) and data.npz (pixels and latents, for recipes/analyze.py).
+recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras, features.keras
+(the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
+and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
+ablations (table 2) on this output.
 
 Reference: paper sections 4 and 5.1; docs/results.md for the measured results and the design runs.
 """
@@ -133,7 +135,7 @@ reconstruction_error = float(np.mean((decode(latents[:NUM_HOLDOUT]) - train_pixe
 stage(f"latents {latents.shape[1:]}: values in [{latents.min():.2f}, {latents.max():.2f}], "
       f"reconstruction MSE {reconstruction_error:.4f}")
 with atomic_path(os.path.join(args.output, "data.npz")) as temporary:
-    np.savez(temporary, pixels=train_pixels, latents=latents)
+    np.savez(temporary, pixels=train_pixels, latents=latents, holdout_pixels=holdout_pixels)
 
 
 # ## The consistency models: the paper's method and, for comparison, iLCT.
@@ -187,6 +189,7 @@ classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCr
 classifier.fit(train_pixels, train_labels, batch_size=args.batch_size, epochs=60, verbose=0)
 accuracy = float(classifier.evaluate(holdout_pixels, holdout_labels, verbose=0)[1])
 embed = keras.Model(inputs, features)
+save_model_atomic(embed, os.path.join(args.output, "features.keras"))
 stage(f"digits classifier: {100 * accuracy:.1f}% held-out accuracy")
 
 
@@ -288,7 +291,7 @@ print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_ho
 if not args.no_ilct:
     print("iLCT:", json.dumps(results["ilct"]))
 written = ["samples.png (held-out real | 1-step | 2-step)", "training.png", "metrics.json", "model.keras",
-           "autoencoder.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
+           "autoencoder.keras", "features.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
 if not args.no_ilct:
     written.insert(4, "ilct.keras")
 stage(f"done. In {args.output}/: " + ", ".join(written))

@@ -13,7 +13,7 @@ import keras_lct  # noqa: F401  (registers the classes of the saved models)
 from test_recipes import run_recipe
 
 ARTIFACTS = [
-    "samples.png", "training.png", "metrics.json", "model.keras", "ilct.keras", "autoencoder.keras",
+    "samples.png", "training.png", "metrics.json", "model.keras", "ilct.keras", "autoencoder.keras", "features.keras",
     "impulsive_noise.png", "impulsive_noise.json", "data.npz",
 ]
 
@@ -72,3 +72,53 @@ def test_quickstart_documents_its_options_and_refuses_bad_ones():
         assert option in result.stdout
     result = run_recipe("quickstart.py", "--steps", "0", timeout=120)
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
+
+
+def test_ablation_trains_every_row_resumes_after_a_loss_and_refuses_other_settings(quickstart, tmp_path):
+    data, _ = quickstart
+    output = tmp_path / "ablation"
+    arguments = ["--data", data, "--output", output, "--quick", "--seeds", "1", "--tables", "2b",
+                 "--variants", "digits", "impulsive", "--all-tables"]
+    result = run_recipe("ablation.py", *arguments)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    summary = json.loads((output / "results.json").read_text())
+    for variant in ("digits", "impulsive"):
+        rows = summary["variants"][variant]["2b"]
+        assert [row["row"] for row in rows] == ["r = 1.0", "r = 0.6", "r = 0.25"]
+        assert [row["settings"]["r"] for row in rows] == [1.0, 0.6, 0.25]
+        for row in rows:
+            assert row["seeds"] == 1 and math.isfinite(row["one_step_frechet_distance"][0])
+            assert 0 <= row["two_step_recall"][0] <= 1
+            assert (output / "runs" / variant / row["key"] / "samples.png").stat().st_size > 0
+        for picture in (f"curves_{variant}_2b.png", f"grids_{variant}_2b.png"):
+            assert np.asarray(Image.open(output / picture)).ndim == 3
+    assert "| r = 0.6 |" in (output / "results.md").read_text()
+    # The premise, measured: the injected variant has the extreme outliers the digit latents lack.
+    statistics = json.loads((output / "latent_statistics.json").read_text())
+    assert statistics["impulsive"]["extreme_outliers"]["fraction"] > 0.004
+    assert statistics["digits"]["extreme_outliers"]["fraction"] < 0.001
+
+    # A lost run is redone on a rerun, and only that one.
+    runs = output / "runs" / "digits"
+    lost, kept = runs / rows[1]["key"] / "seed0.json", runs / rows[0]["key"] / "seed0.json"
+    lost.unlink()
+    kept_before = kept.stat().st_mtime_ns
+    result = run_recipe("ablation.py", *arguments)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "run 2/6 digits" in result.stdout and result.stdout.count("run ") == 1
+    assert "5 of 6 runs were already done" in result.stdout
+    assert lost.exists() and kept.stat().st_mtime_ns == kept_before
+
+    result = run_recipe("ablation.py", *arguments, "--batch-size", "32")
+    assert result.returncode != 0 and "other settings (batch_size" in result.stderr
+
+
+def test_ablation_documents_its_options_and_says_what_data_it_needs(tmp_path):
+    result = run_recipe("ablation.py", "--help", timeout=120)
+    assert result.returncode == 0
+    for option in ("--data", "--tables", "--variants", "--seeds", "--steps", "--quick"):
+        assert option in result.stdout
+    result = run_recipe("ablation.py", "--data", tmp_path, timeout=120)
+    assert result.returncode == 2 and "lacks data.npz" in result.stderr and "quickstart.py" in result.stderr
+    result = run_recipe("ablation.py", "--tables", "3a", timeout=120)
+    assert result.returncode == 2 and "invalid choice: '3a'" in result.stderr
