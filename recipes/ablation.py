@@ -124,7 +124,7 @@ TABLE_ROWS = {
     "2b": [(f"r = {r}", {**PAPER, "r": r}) for r in (1.0, 0.6, 0.25)],
     "2c": [(label, {**PAPER, "loss": loss}) for label, loss in
            [("L2", "l2"), ("Pseudo-Huber", "pseudo_huber"), ("Geman-McClure", "geman_mcclure"), ("Cauchy", "cauchy")]],
-    "2d": [(label, {**PAPER, "norm": norm.lower()}) for label, norm in
+    "2d": [(label, {**PAPER, "norm": norm}) for label, norm in
            [("GN", "group"), ("IN", "instance"), ("LN", "layer"), ("RMS", "rms"), ("NsLN", "nsln"),
             ("NsGN", "nsgn"), ("NsIN", "nsin")]],
 }
@@ -380,7 +380,8 @@ for index, (variant, key, settings) in enumerate(plan):
         result, one_step = train_and_score(variant, settings, seed)
         result.update(settings=settings, seed=seed, variant=variant, seconds=round(time.time() - run_started, 1))
         if seed == 0:
-            save_image_grid(np.repeat(np.repeat(one_step[:64], 4, axis=1), 4, axis=2),
+            framed = np.pad(one_step[:64], ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-0.6)
+            save_image_grid(np.repeat(np.repeat(framed, 4, axis=1), 4, axis=2),
                             os.path.join(os.path.dirname(path), "samples.png"), columns=8)
         write_json_atomic(path, result)
         stage(f"run {number}/{total} {variant} {key} seed {seed}: 1-step FD {result['one_step']['frechet_distance']:.2f}, "
