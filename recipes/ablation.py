@@ -239,13 +239,12 @@ def train_and_score(variant, settings, seed):
     }, one_step
 
 
-plan = []  # (variant, key, settings), each once
+plan = {}  # (variant, key) -> settings, in table order, each row once
 for variant in args.variants:
     tables = args.tables if variant == "digits" or args.all_tables else [t for t in args.tables if t == "2a"]
     for table in tables:
         for _, settings in TABLE_ROWS[table]:
-            if (variant, row_key(settings), settings) not in plan:
-                plan.append((variant, row_key(settings), settings))
+            plan.setdefault((variant, row_key(settings)), settings)
 
 
 def run_path(variant, key, seed):
@@ -369,7 +368,7 @@ if args.report_only:
 
 # ## The plan, run by run; finished runs are skipped.
 total, done_before = len(plan) * args.seeds, 0
-for index, (variant, key, settings) in enumerate(plan):
+for index, ((variant, key), settings) in enumerate(plan.items()):
     for seed in range(args.seeds):
         number = index * args.seeds + seed + 1
         path = run_path(variant, key, seed)

@@ -108,7 +108,9 @@ def normalization(kind, channels, epsilon=1e-5, **kwargs):
 
     `"nsgn"` and `"nsin"` are the non-scaling GroupNorm and InstanceNorm
     the paper proposes as future work (section 6): GroupNorm without its
-    scale, as NsLN is LayerNorm without its scale. Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
+    scale, as NsLN is LayerNorm without its scale.
+
+    Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
     they are tied to the feature-map size they are built for, as in the
     authors' network (torch `LayerNorm([C, H, W])`). All compute in float32.
 
