@@ -318,13 +318,15 @@ def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
 
 
 def layer_normalization(inputs, beta, epsilon):
-    """Normalization over all non-batch axes, no scale, plus `beta`, in float32; or None."""
+    """Normalization over all non-batch axes, no scale, plus `beta`, in the
+    dtype of `inputs` (torch's kernel accumulates reduced precision in
+    float32); or None."""
     if not fast_paths_enabled():
         return None
     import torch.nn.functional as F
 
-    x = ops.convert_to_tensor(inputs).float()
-    return F.layer_norm(x, tuple(x.shape[1:]), None, ops.convert_to_tensor(beta).float(), epsilon)
+    x = ops.convert_to_tensor(inputs)
+    return F.layer_norm(x, tuple(x.shape[1:]), None, ops.convert_to_tensor(beta).to(x.dtype), epsilon)
 
 
 def resample_2x(inputs, mode):

@@ -14,8 +14,9 @@ class NonScalingLayerNormalization(keras.layers.Layer):
     variance taken per sample over all non-batch axes (H, W, C for images)
     and a trainable offset `beta` of the per-sample feature shape. There is no
     scale at all (LayerNorm's gamma fixed to 1): a shared scale amplifies
-    impulsive outliers across all features, which NsLN avoids. Statistics are
-    computed in float32 whatever the compute dtype.
+    impulsive outliers across all features, which NsLN avoids. Like Keras'
+    own normalizations, it computes in float32 whatever the compute dtype
+    (`beta` is never autocast) and returns the compute dtype.
 
     Args:
         epsilon: added to the variance (1e-5).
@@ -43,7 +44,7 @@ class NonScalingLayerNormalization(keras.layers.Layer):
                 f"input shape {tuple(input_shape)}."
             )
         self.beta = self.add_weight(
-            shape=tuple(input_shape[1:]), initializer="zeros", name="beta", dtype=self.variable_dtype
+            shape=tuple(input_shape[1:]), initializer="zeros", name="beta", dtype=self.variable_dtype, autocast=False
         )
 
     def call(self, inputs):
@@ -112,7 +113,8 @@ def normalization(kind, channels, epsilon=1e-5, **kwargs):
 
     Layer-type norms (`layer`, `rms`, `nsln`) hold per-element parameters, so
     they are tied to the feature-map size they are built for, as in the
-    authors' network (torch `LayerNorm([C, H, W])`). All compute in float32.
+    authors' network (torch `LayerNorm([C, H, W])`). All compute in float32 and
+    return the layer's compute dtype.
 
     Args:
         kind: one of `NORMALIZATIONS` (case-insensitive) or GN/IN/LN/RMS/NsLN.

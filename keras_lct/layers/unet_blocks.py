@@ -159,7 +159,7 @@ class AttentionBlock(keras.layers.Layer):
         self.norm = normalization_name(norm)
         self.epsilon = epsilon
         self.skip_scale = skip_scale
-        self.norm_layer = normalization(norm, channels, epsilon, name="norm", dtype="float32")
+        self.norm_layer = normalization(norm, channels, epsilon, name="norm", dtype=self.dtype_policy)
         self.qkv = conv2d(3 * channels, 1, channels, name="qkv", dtype=self.dtype_policy)
         self.proj = conv2d(channels, 1, channels, zero=True, name="proj", dtype=self.dtype_policy)
 
@@ -280,11 +280,11 @@ class UNetBlock(keras.layers.Layer):
         self.adaptive_scale = adaptive_scale
 
         policy = self.dtype_policy
-        self.norm0 = normalization(norm, in_channels, epsilon, name="norm0", dtype="float32")
+        self.norm0 = normalization(norm, in_channels, epsilon, name="norm0", dtype=policy)
         self.resample = Resample2D("up" if up else "down", name="resample", dtype=policy) if up or down else None
         self.conv0 = conv2d(out_channels, 3, in_channels * 9, name="conv0", dtype=policy)
         self.affine = dense(out_channels * (2 if adaptive_scale else 1), emb_channels, name="affine", dtype=policy)
-        self.norm1 = normalization(norm, out_channels, epsilon, name="norm1", dtype="float32")
+        self.norm1 = normalization(norm, out_channels, epsilon, name="norm1", dtype=policy)
         self.dropout_layer = keras.layers.Dropout(dropout, name="dropout", dtype=policy)
         self.conv1 = conv2d(out_channels, 3, out_channels * 9, zero=True, name="conv1", dtype=policy)
         self.skip = conv2d(out_channels, 1, in_channels, name="skip", dtype=policy) if out_channels != in_channels else None
@@ -319,7 +319,7 @@ class UNetBlock(keras.layers.Layer):
         params = ops.expand_dims(ops.expand_dims(self.affine(emb), 1), 1)
         if self.adaptive_scale:
             scale, shift = ops.split(params, 2, axis=-1)
-            h = ops.silu(ops.cast(shift, "float32") + self.norm1(h) * (ops.cast(scale, "float32") + 1.0))
+            h = ops.silu(shift + self.norm1(h) * (scale + 1.0))
         else:
             h = ops.silu(self.norm1(h + params))
         h = self.conv1(self.dropout_layer(h, training=training))

@@ -144,7 +144,7 @@ class UNet(keras.Model):
                     )
                 )
                 channels = model_channels * mult
-        self.out_norm = normalization(norm, channels, name="out_norm", dtype="float32")
+        self.out_norm = normalization(norm, channels, name="out_norm", dtype=policy)
         self.out_conv = conv2d(out_channels, 3, channels * 9, zero=True, name="out_conv", dtype=policy)
 
     @classmethod
