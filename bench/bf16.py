@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import time
 
 
 def parse_args():
@@ -43,45 +42,26 @@ args = parse_args()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness import StepTimer  # noqa: E402
+from harness import mid_curriculum_model  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
-from keras_lct.models import ConsistencyModel  # noqa: E402
-from keras_lct.models import UNet  # noqa: E402
-from keras_lct.optimizers import RAdam  # noqa: E402
 
 POLICIES = ("float32", "mixed_bfloat16")
-
-
-class StepRecorder(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses, self.durations = [], []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.durations.append(time.perf_counter() - self.start)
-        self.losses.append(float(logs["loss"]))
 
 
 def train(policy, latents):
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)  # the same initial weights and noise-level draws under both policies
-    model = ConsistencyModel(UNet.from_preset(args.preset))
-    model.build((None,) + latents.shape[1:])
-    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
+    model = mid_curriculum_model(args.preset, latents.shape[1:])
     rng = np.random.default_rng(1)
     for weight in model.network.weights:
         if not np.any(keras.ops.convert_to_numpy(weight)) and "beta" not in weight.path:
             weight.assign(0.05 * rng.standard_normal(weight.shape).astype("float32"))
-    model.set_curriculum(70000)
-    model.set_robustness_schedule()
-    model.training_step.assign(35000)
     batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=True, seed=0, shuffle=False)
-    recorder = StepRecorder()
-    model.fit(batches, epochs=1, verbose=0, callbacks=[recorder])
+    timer = StepTimer()
+    model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
     keras.config.set_dtype_policy("float32")
-    return recorder
+    return timer
 
 
 def windowed(values, width=10):

@@ -29,21 +29,14 @@ args = parse_args()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness import mid_curriculum_model  # noqa: E402
 from keras_lct import backend_ops  # noqa: E402
 from keras_lct.coupling import pair_noise  # noqa: E402
-from keras_lct.models import ConsistencyModel  # noqa: E402
-from keras_lct.models import UNet  # noqa: E402
-from keras_lct.optimizers import RAdam  # noqa: E402
 
 
 def measure(preset, batch_size):
     keras.utils.set_random_seed(0)
-    model = ConsistencyModel(UNet.from_preset(preset))
-    model.build((None, 32, 32, 4))
-    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
-    model.set_curriculum(70000)
-    model.set_robustness_schedule()
-    model.training_step.assign(35000)  # mid-curriculum, as ../shared/perf/compare_step.py
+    model = mid_curriculum_model(preset)
     rng = np.random.default_rng(1)
     clean = (0.5 * rng.standard_normal((batch_size, 32, 32, 4))).astype("float32")
     durations = {True: [], False: []}

@@ -36,6 +36,7 @@ args = parse_args()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness import StepTimer  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
@@ -43,18 +44,6 @@ from keras_lct.coupling import pair_noise  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
-
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.durations = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.durations.append(time.perf_counter() - self.start)
 
 
 def measure(preset, ot):
