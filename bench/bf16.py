@@ -26,6 +26,9 @@ import platform
 import statistics
 
 
+WINDOW = 10  # steps per window of the averaged-loss comparison
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", help="UNet preset (default: tiny)")
@@ -34,7 +37,11 @@ def parse_args():
     parser.add_argument("--warmup", type=int, default=3, help="first steps left out of the median time (compilation)")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--plot", help="draw both loss curves into this PNG")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.steps < max(WINDOW, args.warmup + 1):
+        parser.error(f"--steps {args.steps} is too few: the loss is compared over windows of {WINDOW} steps "
+                     f"and the time after {args.warmup} warm-up steps; use --steps {max(WINDOW, args.warmup + 1)} or more")
+    return args
 
 
 args = parse_args()
@@ -64,7 +71,7 @@ def train(policy, latents):
     return timer
 
 
-def windowed(values, width=10):
+def windowed(values, width=WINDOW):
     values = np.asarray(values)
     return values[: len(values) // width * width].reshape(-1, width).mean(axis=1)
 
@@ -114,7 +121,7 @@ results = {
     "loss_relative_difference": {
         "median": float(np.median(relative)),
         "max": float(relative.max()),
-        "windows_of_10_max": float(relative_windowed.max()),
+        f"windows_of_{WINDOW}_max": float(relative_windowed.max()),
     },
     "losses": {policy: records[policy].losses for policy in POLICIES},
 }
