@@ -24,7 +24,9 @@ EMA and optimizer state). `--smoke` runs the whole path on generated images and
 a tiny random VAE in about a minute on a CPU. `recipes/sample.py` turns the
 final model into images. On jax, `JAX_COMPILATION_CACHE_DIR=~/.cache/jax` keeps
 the compiled step on disk, so a resumed run skips compilation (60-80 s for the
-paper's network on an H100; the smoke run goes from ~50 s to ~26 s).
+paper's network on an H100; the smoke run goes from ~50 s to ~26 s) and the
+compiler's memory (18-35% of the peak for the tiny and small UNets on a CPU,
+docs/benchmarks.md "Memory").
 
 Reference: paper section 5.1; REFERENCE.md "Training setup", "Latents".
 """
