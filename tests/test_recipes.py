@@ -16,8 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_RECIPES = ["celeba.py", "ffhq.py", "lsun_church.py", "latent_training.py"]
 
 
-def run_recipe(script, *args, timeout=600):
+def run_recipe(script, *args, timeout=600, unset=()):
     environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
+    for name in unset:
+        environment.pop(name, None)
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", script), *map(str, args)],
         capture_output=True,
@@ -49,15 +51,21 @@ def test_missing_images_or_weights_say_what_to_get(tmp_path):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """One smoke run, interrupted after its first epoch and resumed by the same command."""
+    """One smoke run, interrupted after its first epoch and resumed by the same command.
+
+    Without the tests' own jax compilation cache, so that the recipe keeps its compiled steps in
+    the run folder; also returns that folder's files after the first run.
+    """
     output = tmp_path_factory.mktemp("smoke") / "run"
-    first = run_recipe("celeba.py", "--smoke", "--output", output, "--stop-after-epochs", "1")
-    second = run_recipe("celeba.py", "--smoke", "--output", output)
-    return output, first, second
+    unset = ["JAX_COMPILATION_CACHE_DIR"]
+    first = run_recipe("celeba.py", "--smoke", "--output", output, "--stop-after-epochs", "1", unset=unset)
+    compiled_after_first = sorted(os.listdir(output / "jax_cache")) if (output / "jax_cache").exists() else []
+    second = run_recipe("celeba.py", "--smoke", "--output", output, unset=unset)
+    return output, first, second, compiled_after_first
 
 
 def test_smoke_run_goes_from_images_to_a_model_and_resumes(smoke_run):
-    output, first, second = smoke_run
+    output, first, second, compiled_after_first = smoke_run
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "1 skipped" in first.stdout and "broken.png" in first.stdout
@@ -70,6 +78,12 @@ def test_smoke_run_goes_from_images_to_a_model_and_resumes(smoke_run):
     assert "samples_epoch_0002_1step.png" in grids and "samples_epoch_0002_2step.png" in grids
     assert Image.open(output / "samples" / "samples_epoch_0002_2step.png").size == (3 * 128, 3 * 128)
     assert os.listdir(output / "logs")
+    if keras.backend.backend() == "jax":  # the resumed run found the first run's compiled steps
+        for run in (first, second):
+            assert f"compiled steps kept in {output / 'jax_cache'}" in run.stdout
+        assert compiled_after_first and set(compiled_after_first) <= set(os.listdir(output / "jax_cache"))
+    else:
+        assert not compiled_after_first and not (output / "jax_cache").exists()
 
     model = keras.models.load_model(output / "lct.keras")
     assert int(model.training_step) == 10 and int(model.optimizer.iterations) == 10
