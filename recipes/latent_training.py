@@ -25,7 +25,7 @@ a tiny random VAE in about a minute on a CPU. `recipes/sample.py` turns the
 final model into images. On jax, the compiled steps are kept in `jax_cache/` of
 the run (or where `JAX_COMPILATION_CACHE_DIR` says), so a resumed run skips
 compilation (60-80 s for the paper's network on an H100; the smoke run goes from
-~50 s to ~26 s) and the compiler's memory (18-35% of the peak for the tiny and
+~50 s to ~26 s) and the compiler's memory (a quarter of the peak for the tiny and
 small UNets on a CPU, docs/benchmarks.md "Memory").
 
 Reference: paper section 5.1; REFERENCE.md "Training setup", "Latents".
@@ -179,7 +179,7 @@ def main(dataset="custom", argv=None):
     from keras_lct.vae import load_autoencoder
 
     # ## 0. Devices and precision.
-    compilation_cache = keep_compiled_steps(os.path.join(args.output, "jax_cache"))
+    compilation_cache = backend_ops.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
     run = distribute.data_parallel() if args.distribute else None
     chief = run is None or run.is_chief  # the one process that writes files
     say = print if chief else (lambda *a, **k: None)
@@ -298,23 +298,6 @@ def main(dataset="custom", argv=None):
         raise SystemExit(130) from None
     say(f"Done: {final} (step {step_of(model)}). Samples in {os.path.join(args.output, 'samples')}; "
         f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
-
-
-def keep_compiled_steps(folder):
-    """On jax, makes `folder` jax's persistent compilation cache unless one is configured; returns the cache.
-
-    A resumed run then loads its compiled steps instead of compiling them again: less time, and
-    less peak memory (docs/benchmarks.md "Memory"). None on the other backends.
-    """
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", folder)
-    return jax.config.jax_compilation_cache_dir
 
 
 def step_of(model):
