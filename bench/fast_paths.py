@@ -1,9 +1,10 @@
 """What the backend fast paths buy: the same training step with them on and off, interleaved.
 
-One process, one model: steps alternate between `keras_lct.backend_ops.use_fast_paths(True)` and
-`(False)` on the same OT-paired batch, so both see the same machine state (this machine's timings
-drift by +-20% between runs; an interleaved ratio does not). Fast paths exist on torch only; on
-jax and tensorflow both columns run the same code and the ratio is ~1.
+One process, two copies of the same model, one traced and run under
+`keras_lct.backend_ops.use_fast_paths(True)`, the other under `(False)`: steps alternate between
+them on the same OT-paired batch, so both see the same machine state (this machine's timings
+drift by +-20% between runs; an interleaved ratio does not). Fast paths exist on torch (all of
+them) and tensorflow (NsLN); on jax both columns run the same code and the ratio is ~1.
 
     KERAS_BACKEND=torch python bench/fast_paths.py --presets tiny small --batch-sizes 8 32
 """
@@ -35,17 +36,19 @@ from keras_lct.coupling import pair_noise  # noqa: E402
 
 
 def measure(preset, batch_size):
-    keras.utils.set_random_seed(0)
-    model = mid_curriculum_model(preset)
+    models = {}
+    for enabled in (True, False):
+        keras.utils.set_random_seed(0)
+        models[enabled] = mid_curriculum_model(preset)
     rng = np.random.default_rng(1)
     clean = (0.5 * rng.standard_normal((batch_size, 32, 32, 4))).astype("float32")
-    durations = {True: [], False: []}
+    durations, losses = {True: [], False: []}, {}
     for round_index in range(args.warmup + args.rounds):
+        noise = pair_noise(clean, rng.standard_normal(clean.shape).astype("float32"), ot=True)
         for enabled in (True, False):
-            noise = pair_noise(clean, rng.standard_normal(clean.shape).astype("float32"), ot=True)
             with backend_ops.use_fast_paths(enabled):
                 start = time.perf_counter()
-                model.train_on_batch(clean, noise)
+                losses[enabled] = float(models[enabled].train_on_batch(clean, noise, return_dict=True)["loss"])
                 if round_index >= args.warmup:
                     durations[enabled].append(time.perf_counter() - start)
     fast, plain = statistics.median(durations[True]), statistics.median(durations[False])
@@ -55,6 +58,8 @@ def measure(preset, batch_size):
         "fast_median_s": fast,
         "plain_median_s": plain,
         "plain_over_fast": plain / fast,
+        "last_loss_fast": losses[True],
+        "last_loss_plain": losses[False],
         "rounds": args.rounds,
     }
 
@@ -65,7 +70,8 @@ for preset in args.presets:
         run = measure(preset, batch_size)
         print(
             f"{results['backend']} {preset} b{batch_size}: fast {run['fast_median_s']:.3f} s/step, "
-            f"plain {run['plain_median_s']:.3f} s/step, speed-up {run['plain_over_fast']:.2f}x",
+            f"plain {run['plain_median_s']:.3f} s/step, speed-up {run['plain_over_fast']:.2f}x; "
+            f"last loss {run['last_loss_fast']:.6g} vs {run['last_loss_plain']:.6g}",
             flush=True,
         )
         results["runs"].append(run)

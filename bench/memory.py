@@ -38,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[8, 32], help="(default: 8 32)")
     parser.add_argument("--steps", type=int, default=13, help="training steps per process (default: 13, as compare_step.py's OT-on run: 3 warm-up + 10 timed)")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the measured processes (default: this one)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run the step with keras_lct.backend_ops.use_fast_paths(False), to see what the fast paths save")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--measure", nargs=2, metavar=("PRESET", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -83,13 +85,14 @@ def malloc_mib():
     return {"malloc_in_use_mib": round(in_use / 2**20), "malloc_free_mib": round(info.fordblks / 2**20)}
 
 
-def measure(preset, batch_size, steps):
+def measure(preset, batch_size, steps, fast_paths):
     """Runs in the measured process: one model, `steps` steps of `fit`, a memory record after each phase."""
     phases = {}
     import keras
     import numpy as np
 
     from harness import mid_curriculum_model
+    from keras_lct import backend_ops
     from keras_lct.data import NoisePairedDataset
 
     phases["imports"] = memory_now()
@@ -106,12 +109,19 @@ def measure(preset, batch_size, steps):
 
     latents = (0.5 * np.random.default_rng(1).standard_normal((steps * batch_size, 32, 32, 4))).astype("float32")
     batches = NoisePairedDataset(latents, batch_size=batch_size, ot=True, seed=0)
-    model.fit(batches, epochs=1, verbose=0, callbacks=[PhaseRecorder()])
-    return {"backend": keras.backend.backend(), "keras": keras.__version__, "phases": phases}
+    with backend_ops.use_fast_paths(fast_paths):
+        model.fit(batches, epochs=1, verbose=0, callbacks=[PhaseRecorder()])
+    record = {"backend": keras.backend.backend(), "keras": keras.__version__, "fast_paths": fast_paths, "phases": phases}
+    if keras.backend.backend() == "tensorflow":  # tensors live in tensorflow's own allocator, not malloc's
+        import tensorflow as tf
+
+        record["tensorflow_allocator_peak_mib"] = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
+    return record
 
 
 def run_measured_process(args, preset, batch_size):
     command = [args.python, os.path.abspath(__file__), "--measure", preset, str(batch_size), "--steps", str(args.steps)]
+    command += ["--plain"] if args.plain else []
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         raise SystemExit(f"error: the measured process for {preset}, batch {batch_size} failed "
@@ -138,7 +148,7 @@ def main():
     args = parse_args()
     if args.measure:
         preset, batch_size = args.measure[0], int(args.measure[1])
-        print(json.dumps(measure(preset, batch_size, args.steps)))
+        print(json.dumps(measure(preset, batch_size, args.steps, fast_paths=not args.plain)))
         return
     environment = {name: os.environ[name] for name in RECORDED_ENVIRONMENT if name in os.environ}
     results = {"python": args.python, "environment": environment, "runs": []}
@@ -146,7 +156,10 @@ def main():
         for batch_size in args.batch_sizes:
             run = run_measured_process(args, preset, batch_size)
             peak = run["phases"]["last_step"]["peak_rss_mib"]
-            print(f"{run['backend']} {preset} batch {batch_size}: peak RSS {peak} MiB", file=sys.stderr, flush=True)
+            allocator = run.get("tensorflow_allocator_peak_mib")
+            allocator = "" if allocator is None else f", tensorflow allocator peak {allocator} MiB"
+            print(f"{run['backend']} {preset} batch {batch_size}{'' if run['fast_paths'] else ', plain'}: "
+                  f"peak RSS {peak} MiB{allocator}", file=sys.stderr, flush=True)
             results["runs"].append(run)
     print(json.dumps(results, indent=2))
     print(table(results["runs"]))

@@ -4,8 +4,10 @@ Everything else in keras-lct is written once with `keras.ops`, and that code
 stays the reference. The functions here compute the same values on the torch
 backend without what eager Keras costs there; each returns None where it does
 not apply (another backend, another layout, fast paths switched off), and the
-caller then runs its plain `keras.ops` code. jax and tensorflow need none of
-them: XLA and Grappler fuse the plain code.
+caller then runs its plain `keras.ops` code. jax needs none of them: XLA fuses
+the plain code and frees what the backward does not read. tensorflow takes
+one, NsLN's (`layer_normalization`): its gradient there keeps one full-size
+tensor per layer instead of two, which lowers the step's peak memory.
 
 - `conv2d`: torch convolves NCHW, so Keras' torch `conv` copies every
   channels_last input to a contiguous NCHW tensor and then back to
@@ -281,9 +283,13 @@ def keep_compiled_steps(folder):
     return jax.config.jax_compilation_cache_dir
 
 
+def _switched_on():
+    return getattr(_STATE, "enabled", True)
+
+
 def fast_paths_enabled():
     """Whether the torch fast paths are active (torch backend, not switched off)."""
-    return getattr(_STATE, "enabled", True) and keras.backend.backend() == "torch"
+    return _switched_on() and keras.backend.backend() == "torch"
 
 
 @contextlib.contextmanager
@@ -333,15 +339,40 @@ def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
 
 
 def layer_normalization(inputs, beta, epsilon):
-    """Normalization over all non-batch axes, no scale, plus `beta`, in the
-    dtype of `inputs` (torch's kernel accumulates reduced precision in
-    float32); or None."""
-    if not fast_paths_enabled():
-        return None
-    import torch.nn.functional as F
+    """Normalization over all non-batch axes, no scale, plus `beta`; or None.
 
-    x = ops.convert_to_tensor(inputs)
-    return F.layer_norm(x, tuple(x.shape[1:]), None, ops.convert_to_tensor(beta).to(x.dtype), epsilon)
+    torch: `F.layer_norm`, in the dtype of `inputs` (its kernel accumulates
+    reduced precision in float32). tensorflow: in float32, with a gradient
+    that keeps only the input and two statistics per sample (autodiff of the
+    plain ops also keeps the centered input, a second full-size tensor per
+    NsLN, until the backward).
+    """
+    if not _switched_on():
+        return None
+    if keras.backend.backend() == "torch":
+        import torch.nn.functional as F
+
+        x = ops.convert_to_tensor(inputs)
+        return F.layer_norm(x, tuple(x.shape[1:]), None, ops.convert_to_tensor(beta).to(x.dtype), epsilon)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        axes = list(range(1, len(inputs.shape)))
+
+        @tf.custom_gradient
+        def normalize(x):
+            mean, variance = tf.nn.moments(x, axes, keepdims=True)
+            inverse_std = tf.math.rsqrt(variance + epsilon)
+
+            def gradient(upstream):
+                normalized = (x - mean) * inverse_std
+                projections = [tf.reduce_mean(t, axes, keepdims=True) for t in (upstream, upstream * normalized)]
+                return inverse_std * (upstream - projections[0] - normalized * projections[1])
+
+            return (x - mean) * inverse_std, gradient
+
+        return normalize(tf.cast(inputs, "float32")) + tf.cast(beta, "float32")
+    return None
 
 
 def resample_2x(inputs, mode):

@@ -1,8 +1,9 @@
 """The backend fast paths (keras_lct.backend_ops) give what the plain keras.ops code gives.
 
 On torch these compare two different computations (fused kernels, copy-free
-layouts, multi-tensor updates) against Keras' own; on jax and tensorflow no
-fast path exists and both sides run the same code, which the same tests pin.
+layouts, multi-tensor updates) against Keras' own; on tensorflow, NsLN's
+hand-written gradient against autodiff of the plain ops; on jax no fast path
+exists and both sides run the same code, which the same tests pin.
 """
 
 import keras
@@ -95,6 +96,15 @@ def test_conv2d_equals_keras_conv2d(kwargs):
     assert_close(fast, plain)
     keras_value, _ = value_and_gradients(lambda: ops.sum(ops.multiply(reference(x), weights)), [x])
     np.testing.assert_allclose(fast[0], keras_value, rtol=2e-5)
+
+
+def test_nsln_has_a_fused_path_on_torch_and_tensorflow_that_can_be_switched_off():
+    x = RNG.normal(size=(2, 4, 4, 3)).astype("float32")
+    beta = np.zeros((4, 4, 3), "float32")
+    fused = backend_ops.layer_normalization(x, beta, 1e-5)
+    assert (fused is not None) == (keras.backend.backend() in ("torch", "tensorflow"))
+    with backend_ops.use_fast_paths(False):
+        assert backend_ops.layer_normalization(x, beta, 1e-5) is None
 
 
 @pytest.mark.parametrize("policy, tolerance", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)])
