@@ -366,8 +366,9 @@ def layer_normalization(inputs, beta, epsilon):
 
             def gradient(upstream):
                 normalized = (x - mean) * inverse_std
-                projections = [tf.reduce_mean(t, axes, keepdims=True) for t in (upstream, upstream * normalized)]
-                return inverse_std * (upstream - projections[0] - normalized * projections[1])
+                upstream_mean = tf.reduce_mean(upstream, axes, keepdims=True)
+                upstream_along_normalized = tf.reduce_mean(upstream * normalized, axes, keepdims=True)
+                return inverse_std * (upstream - upstream_mean - normalized * upstream_along_normalized)
 
             return (x - mean) * inverse_std, gradient
 
