@@ -364,13 +364,16 @@ def layer_normalization(inputs, beta, epsilon):
             mean, variance = tf.nn.moments(x, axes, keepdims=True)
             inverse_std = tf.math.rsqrt(variance + epsilon)
 
+            def standardized():  # recomputed in the backward rather than kept from the forward
+                return (x - mean) * inverse_std
+
             def gradient(upstream):
-                normalized = (x - mean) * inverse_std
+                normalized = standardized()
                 upstream_mean = tf.reduce_mean(upstream, axes, keepdims=True)
                 upstream_along_normalized = tf.reduce_mean(upstream * normalized, axes, keepdims=True)
                 return inverse_std * (upstream - upstream_mean - normalized * upstream_along_normalized)
 
-            return (x - mean) * inverse_std, gradient
+            return standardized(), gradient
 
         return normalize(tf.cast(inputs, "float32")) + tf.cast(beta, "float32")
     return None

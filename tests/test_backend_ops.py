@@ -98,11 +98,11 @@ def test_conv2d_equals_keras_conv2d(kwargs):
     np.testing.assert_allclose(fast[0], keras_value, rtol=2e-5)
 
 
-def test_nsln_has_a_fused_path_on_torch_and_tensorflow_that_can_be_switched_off():
+def test_nsln_has_a_fast_path_on_torch_and_tensorflow_that_can_be_switched_off():
     x = RNG.normal(size=(2, 4, 4, 3)).astype("float32")
     beta = np.zeros((4, 4, 3), "float32")
-    fused = backend_ops.layer_normalization(x, beta, 1e-5)
-    assert (fused is not None) == (keras.backend.backend() in ("torch", "tensorflow"))
+    fast = backend_ops.layer_normalization(x, beta, 1e-5)
+    assert (fast is not None) == (keras.backend.backend() in ("torch", "tensorflow"))
     with backend_ops.use_fast_paths(False):
         assert backend_ops.layer_normalization(x, beta, 1e-5) is None
 
