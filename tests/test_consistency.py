@@ -269,6 +269,20 @@ def run_python(code, env_backend=None, timeout=600):
     return result
 
 
+def test_jit_compile_true_compiles_where_the_backend_can_and_runs_eagerly_on_torch():
+    model = ConsistencyModel(MLPDenoiser(2, width=16), ema_decays=())
+    model.build((None, 2))
+    if keras.backend.backend() == "torch":
+        with pytest.warns(UserWarning, match="jit_compile"):
+            model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+        assert model.jit_compile is False
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+        assert model.jit_compile is True
+    history = model.fit(np.random.default_rng(0).normal(size=(32, 2)).astype("float32"), batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+
+
 def test_keras_file_saved_on_jax_gives_the_same_samples_here(tmp_path):
     path, samples = str(tmp_path / "jax.keras"), str(tmp_path / "samples.npy")
     result = run_python(SAVE_ON_JAX.format(tests=os.path.dirname(__file__), path=path, samples=samples), "jax")
