@@ -6,7 +6,9 @@ and runs `fit` on random 32x32x4 latents with minibatch OT pairing. After each
 phase (imports, model built, first step, last step) it records the process's
 resident memory (VmRSS) and its peak so far (VmHWM), glibc malloc's bytes in
 use and free (mallinfo2), and which of torch / jax / tensorflow the process
-has imported. Prints one JSON document and a table.
+has imported; and the minor page faults and system CPU seconds of each step
+after the first (medians): memory the allocator gave back and the next step
+faults in again. Prints one JSON document and a table.
 
     KERAS_BACKEND=jax python bench/memory.py --presets tiny small --batch-sizes 8 32
     KERAS_BACKEND=torch python bench/memory.py --python /path/to/torch-only-venv/bin/python
@@ -17,19 +19,23 @@ it: Keras imports jax at `import keras` whenever jax is installed, and
 `keras.utils.set_random_seed` imports tensorflow whenever it is installed,
 whatever the backend. The environment passes through, so e.g.
 `JAX_COMPILATION_CACHE_DIR` (run twice) shows what a warm compilation cache
-saves. Memory is not timing: runs need not be alone on the machine.
+saves, and `GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824` what glibc's
+heap trimming costs per step. Memory is not timing: runs need not be alone on
+the machine.
 """
 
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 
 PHASES = ("imports", "built", "first_step", "last_step")
 FRAMEWORKS = ("torch", "jax", "tensorflow")
 RECORDED_ENVIRONMENT = ("KERAS_BACKEND", "XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "MALLOC_ARENA_MAX")
+                        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 
 
 def parse_args(argv=None):
@@ -100,18 +106,29 @@ def measure(preset, batch_size, steps, fast_paths):
     model = mid_curriculum_model(preset)
     phases["built"] = memory_now()
 
+    faults, system_seconds = [], []
+
     class PhaseRecorder(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.usage = resource.getrusage(resource.RUSAGE_SELF)
+
         def on_train_batch_end(self, batch, logs=None):
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             if batch == 0:
                 phases["first_step"] = memory_now()
-            elif batch == steps - 1:
+                return
+            faults.append(usage.ru_minflt - self.usage.ru_minflt)
+            system_seconds.append(usage.ru_stime - self.usage.ru_stime)
+            if batch == steps - 1:
                 phases["last_step"] = memory_now()
 
     latents = (0.5 * np.random.default_rng(1).standard_normal((steps * batch_size, 32, 32, 4))).astype("float32")
     batches = NoisePairedDataset(latents, batch_size=batch_size, ot=True, seed=0)
     with backend_ops.use_fast_paths(fast_paths):
         model.fit(batches, epochs=1, verbose=0, callbacks=[PhaseRecorder()])
-    record = {"backend": keras.backend.backend(), "keras": keras.__version__, "fast_paths": fast_paths, "phases": phases}
+    record = {"backend": keras.backend.backend(), "keras": keras.__version__, "fast_paths": fast_paths, "phases": phases,
+              "minor_page_faults_per_step": round(statistics.median(faults)),
+              "system_s_per_step": round(statistics.median(system_seconds), 4)}
     if keras.backend.backend() == "tensorflow":  # tensors live in tensorflow's own allocator, not malloc's
         import tensorflow as tf
 
@@ -159,7 +176,8 @@ def main():
             allocator = run.get("tensorflow_allocator_peak_mib")
             allocator = "" if allocator is None else f", tensorflow allocator peak {allocator} MiB"
             print(f"{run['backend']} {preset} batch {batch_size}{'' if run['fast_paths'] else ', plain'}: "
-                  f"peak RSS {peak} MiB{allocator}", file=sys.stderr, flush=True)
+                  f"peak RSS {peak} MiB{allocator}, {run['minor_page_faults_per_step']} page faults and "
+                  f"{run['system_s_per_step']} s system time per step", file=sys.stderr, flush=True)
             results["runs"].append(run)
     print(json.dumps(results, indent=2))
     print(table(results["runs"]))
