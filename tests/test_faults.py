@@ -11,6 +11,7 @@ uninterrupted run of the same seed.
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -226,8 +227,10 @@ def test_a_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_uninterru
         with open(log) as file:
             return "Training epochs 2-2" in file.read()
 
+    # It stops in epoch 2's first batch, or at its end when the interrupt landed in a garbage-collector
+    # callback, which drops it, and `fit` delivered it again there (backend_ops.interrupts_delivered).
     returncode, stderr = _run_until_then(signal.SIGINT, output, training)
-    assert returncode == 130 and "Interrupted at step 5" in stderr, stderr[-3000:]
+    assert returncode == 130 and re.search(r"Interrupted at step [56];", stderr), stderr[-3000:]
     assert not os.path.exists(os.path.join(output, "lct.keras"))
     assert int(keras_lct.saving.load_model(checkpoint).training_step) == 5
 
