@@ -19,9 +19,10 @@ it: Keras imports jax at `import keras` whenever jax is installed, and
 `keras.utils.set_random_seed` imports tensorflow whenever it is installed,
 whatever the backend. The environment passes through, so e.g.
 `JAX_COMPILATION_CACHE_DIR` (run twice) shows what a warm compilation cache
-saves, and `GLIBC_TUNABLES=glibc.malloc.trim_threshold=1073741824` what glibc's
-heap trimming costs per step. Memory is not timing: runs need not be alone on
-the machine.
+saves, and `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824`
+what glibc's heap trimming costs per step (the trim threshold alone would also
+freeze the mmap threshold at 128 KiB). Memory is not timing: runs need not be
+alone on the machine.
 """
 
 import argparse

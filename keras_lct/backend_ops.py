@@ -40,7 +40,8 @@ The backend-specific parts of the training step's reliability are here too:
 callback), `after` (tensorflow: state updates run only once the loss exists,
 so a batch that never arrived leaves the step counter and EMA alone) and
 `check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
-for sample shapes unknown when the step is traced).
+for sample shapes unknown when the step is traced). `step_can_be_jit_compiled`
+says where `jit_compile=True` can compile the step (not torch: torch.compile).
 
 And data parallelism's backend parts: `replica_position` (which part of an
 update this replica computes), `scaled_for_replica_sum` (tensorflow sums the
@@ -82,6 +83,17 @@ def after(tensors):
     import tensorflow as tf
 
     return tf.control_dependencies(tensors)
+
+
+def step_can_be_jit_compiled():
+    """Whether `compile(jit_compile=True)` can compile the training step here.
+
+    Not on torch (Keras 3.15, torch 2.13): torch.compile's dynamo recompiles at
+    every UNet block's name scope, and inductor fails on the channels_last
+    convolution's strides (docs/benchmarks.md). A model that reports False as
+    its `supports_jit` gets Keras' warning and runs eagerly instead.
+    """
+    return keras.backend.backend() != "torch"
 
 
 @contextlib.contextmanager

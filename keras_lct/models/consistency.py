@@ -183,11 +183,7 @@ class ConsistencyModel(keras.Model):
         self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
         self.num_scales_tracker = LatestValue(name="num_scales")
         self.robustness_c_tracker = LatestValue(name="c")
-        # torch.compile cannot take this step (Keras 3.15, torch 2.13): dynamo recompiles at every
-        # UNet block's name scope and inductor fails on the channels_last convolution's strides
-        # (docs/benchmarks.md). Keras then answers `jit_compile=True` with a warning and runs eagerly.
-        if keras.backend.backend() == "torch":
-            self.supports_jit = False
+        self.supports_jit = backend_ops.step_can_be_jit_compiled()
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
