@@ -58,6 +58,7 @@ import threading
 
 import keras
 from keras import ops
+from keras.src.backend.common import global_state  # Keras' call context and autocast scope (DirectNestedCall)
 
 _STATE = threading.local()
 
@@ -344,10 +345,128 @@ def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
         return None
     import torch.nn.functional as F
 
-    weight = ops.convert_to_tensor(kernel).permute(3, 2, 0, 1)
+    weight = _torch_kernel(kernel)
     bias = None if bias is None else ops.convert_to_tensor(bias)
     outputs = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, tuple(strides), torch_padding, tuple(dilation_rate))
     return outputs.permute(0, 2, 3, 1)
+
+
+def _torch_kernel(kernel):
+    """The (out, in, kh, kw) torch weight of a (kh, kw, in, out) kernel variable.
+
+    A permuted view, which the convolution copies to a contiguous weight at
+    every call, forward and backward; within `kernels_reordered_once`, one
+    contiguous copy per kernel (and dtype), made by its first call.
+    """
+    value = ops.convert_to_tensor(kernel)
+    reordered = getattr(_STATE, "reordered_kernels", None)
+    if reordered is None:
+        return value.permute(3, 2, 0, 1)
+    import torch
+
+    key = (id(kernel), value.dtype)
+    kept = reordered.get(key)
+    if kept is None or (torch.is_grad_enabled() and value.requires_grad and not kept[1].requires_grad):
+        weight = value.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+        kept = (kernel, weight)  # holding `kernel` keeps its id unique
+        reordered[key] = kept
+    return kept[1]
+
+
+@contextlib.contextmanager
+def kernels_reordered_once():
+    """Context in which each convolution kernel is reordered to torch's layout once.
+
+    The training step convolves every kernel twice forward (student and
+    target) and once backward; torch copies a permuted kernel to its own
+    (out, in, kh, kw) layout at each of these calls and copies the gradient
+    back. Within this context the first forward's contiguous copy serves
+    all of them (the gradient flows back through that one copy). For
+    forwards that leave the kernels as they are (the optimizer updates them
+    after the context); a no-op where the torch fast paths are off. The
+    copies are dropped on exit.
+    """
+    if not fast_paths_enabled() or getattr(_STATE, "reordered_kernels", None) is not None:
+        yield
+        return
+    _STATE.reordered_kernels = {}
+    try:
+        yield
+    finally:
+        _STATE.reordered_kernels = None
+
+
+class DirectNestedCall:
+    """Layer mixin: on torch, a call from within another layer's call runs `call` directly.
+
+    Keras' `Layer.__call__` (input conversion, signature binding, build and
+    input checks, name and autocast scopes, masks) costs ~60-120 µs per call
+    in eager torch; the `tiny` UNet makes ~140 such nested calls per forward,
+    which was ~15% of its training step at batch 8. Where that work does
+    nothing (`_direct_call_context`), the call goes straight to `call`, with
+    the `training` flag of the enclosing call. Top-level calls, symbolic
+    calls, other backends and `use_fast_paths(False)` take Keras' path.
+    """
+
+    def __call__(self, *args, **kwargs):
+        context = _direct_call_context(self, args, kwargs)
+        if context is None:
+            return super().__call__(*args, **kwargs)
+        training = kwargs.pop("training", None)  # resolved as Keras does: the call's own, else the context's
+        if training is None:
+            training = context.training
+        if training is not None and _takes_training(type(self)):
+            kwargs["training"] = training
+        return self.call(*args, **kwargs)
+
+
+@functools.cache
+def _dtype_name(dtype):
+    return keras.backend.standardize_dtype(dtype)
+
+
+@functools.cache
+def _takes_training(layer_class):
+    import inspect
+
+    return "training" in inspect.signature(layer_class.call).parameters
+
+
+def _direct_call_context(layer, args, kwargs):
+    """The enclosing Keras call context when `layer.__call__(*args, **kwargs)` would do no more
+    than `layer.call` (with that context's `training`); None otherwise."""
+    if not layer.built or (kwargs and set(kwargs) != {"training"}) or not fast_paths_enabled():
+        return None
+    import torch
+
+    context = global_state.get_global_attribute("current_call_ctx")
+    if context is None:  # a top-level call: Keras' path converts and checks its inputs
+        return None
+    input_dtype = layer.input_dtype
+    for value in args:
+        if (
+            not isinstance(value, torch.Tensor)
+            or _dtype_name(value.dtype) != input_dtype
+            or getattr(value, "_keras_mask", None) is not None
+        ):
+            return None
+    scope = global_state.get_global_attribute("autocast_scope")
+    compute_dtype = layer.compute_dtype
+    same_scope = (
+        compute_dtype == layer.variable_dtype if scope is None else layer.autocast and scope.dtype == compute_dtype
+    )
+    if (
+        not same_scope
+        or layer.activity_regularizer is not None
+        or layer.quantization_mode is not None
+        or layer._remat_mode
+        or layer._forward_hooks
+        or layer._forward_pre_hooks
+        or torch.nn.modules.module._global_forward_hooks
+        or torch.nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    return context
 
 
 def layer_normalization(inputs, beta, epsilon):
@@ -449,22 +568,45 @@ def radam_update(variables, momentums, velocities, gradients, step_factors, beta
     import torch
 
     momentum_step, adaptive_factor, adaptive = (float(ops.convert_to_numpy(f)) for f in step_factors)
+    params = [variable.value for variable in variables]
+    momentums = [momentum.value for momentum in momentums]
+    velocities = [velocity.value for velocity in velocities]
+    gradients = [ops.convert_to_tensor(g).to(p.dtype) for g, p in zip(gradients, params)]
     with torch.no_grad():
-        params = [variable.value for variable in variables]
-        momentums = [momentum.value for momentum in momentums]
-        velocities = [velocity.value for velocity in velocities]
-        gradients = [ops.convert_to_tensor(g).to(p.dtype) for g, p in zip(gradients, params)]
-        if weight_decay:
-            gradients = torch._foreach_add(gradients, params, alpha=weight_decay)
-        torch._foreach_lerp_(momentums, gradients, 1.0 - beta_1)
-        torch._foreach_mul_(velocities, beta_2)
-        torch._foreach_addcmul_(velocities, gradients, gradients, value=1.0 - beta_2)
-        if adaptive:
-            denominators = torch._foreach_sqrt(velocities)
-            torch._foreach_add_(denominators, epsilon)
-            torch._foreach_addcdiv_(params, momentums, denominators, value=-momentum_step * adaptive_factor)
-        else:
-            torch._foreach_add_(params, momentums, alpha=-momentum_step)
+        for group in _cache_sized_groups(params):
+            params_, momentums_, velocities_ = ([tensors[i] for i in group] for tensors in (params, momentums, velocities))
+            gradients_ = [gradients[i] for i in group]
+            if weight_decay:
+                gradients_ = torch._foreach_add(gradients_, params_, alpha=weight_decay)
+            torch._foreach_lerp_(momentums_, gradients_, 1.0 - beta_1)
+            torch._foreach_mul_(velocities_, beta_2)
+            torch._foreach_addcmul_(velocities_, gradients_, gradients_, value=1.0 - beta_2)
+            if adaptive:
+                denominators = torch._foreach_sqrt(velocities_)
+                torch._foreach_add_(denominators, epsilon)
+                torch._foreach_addcdiv_(params_, momentums_, denominators, value=-momentum_step * adaptive_factor)
+            else:
+                torch._foreach_add_(params_, momentums_, alpha=-momentum_step)
+
+
+def _cache_sized_groups(tensors, group_bytes=1 << 20):
+    """Lists of consecutive indices of `tensors`, each ending once `group_bytes` are reached.
+
+    The RAdam update reads and writes each variable five times: over all
+    variables at once (a `small` UNet's state is 4 x 100 MiB) every pass
+    streams the whole state through memory, and its temporaries are fresh
+    memory; group by group, a group's tensors stay in the CPU's cache across
+    the passes (2x faster at `small`, bench/results in docs/benchmarks.md).
+    """
+    group, size = [], 0
+    for index, tensor in enumerate(tensors):
+        group.append(index)
+        size += tensor.numel() * tensor.element_size()
+        if size >= group_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 @functools.cache

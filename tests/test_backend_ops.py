@@ -147,6 +147,99 @@ def test_training_loss_and_gradients_equal_on_both_paths(norm):
     assert all(np.abs(g).max() > 0 for g in plain[1])
 
 
+def counted_layer_calls(monkeypatch):
+    """A list that grows by one at each run of Keras' `Layer.__call__`."""
+    calls = []
+    keras_call = keras.layers.Layer.__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls.append(self.name)
+        return keras_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting_call)
+    return calls
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_nested_layer_calls_skip_keras_call_on_torch_with_the_same_outputs(monkeypatch, policy):
+    keras.utils.set_random_seed(0)
+    network = UNet(img_resolution=8, in_channels=4, out_channels=4, model_channels=16, channel_mult=(1, 2),
+                   num_blocks=1, attn_resolutions=(4,), channels_per_head=16, dropout=0.0, dtype=policy)
+    inputs = [RNG.normal(size=(2, 8, 8, 4)).astype("float32"), np.array([0.1, 2.0], "float32")]
+    network(inputs)
+    for variable in network.trainable_variables:
+        variable.assign(0.2 * RNG.normal(size=variable.shape).astype("float32"))
+    calls = counted_layer_calls(monkeypatch)
+    direct_call_context = backend_ops._direct_call_context
+    outputs, layer_calls = {}, {}
+    for direct in (True, False):
+        calls.clear()
+        monkeypatch.setattr(backend_ops, "_direct_call_context", direct_call_context if direct else lambda *a: None)
+        outputs[direct] = ops.convert_to_numpy(ops.cast(network(inputs, training=True), "float32"))
+        layer_calls[direct] = list(calls)
+    assert len(layer_calls[False]) > len(network._flatten_layers(include_self=False))  # all, some twice
+    expected = [network.name] if keras.backend.backend() == "torch" else layer_calls[False]
+    assert layer_calls[True] == expected
+    np.testing.assert_array_equal(outputs[True], outputs[False])  # the same computation, bit for bit
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_nested_calls_take_the_training_flag_of_the_enclosing_call(training):
+    keras.utils.set_random_seed(0)
+    network = UNet(img_resolution=8, in_channels=4, out_channels=4, model_channels=16, channel_mult=(1,),
+                   num_blocks=1, attn_resolutions=(), channels_per_head=16, dropout=0.5)
+    inputs = [RNG.normal(size=(2, 8, 8, 4)).astype("float32"), np.array([0.1, 2.0], "float32")]
+    network(inputs)
+    for variable in network.trainable_variables:
+        variable.assign(0.2 * RNG.normal(size=variable.shape).astype("float32"))
+    first, second = (ops.convert_to_numpy(network(inputs, training=training)) for _ in range(2))
+    with backend_ops.use_fast_paths(False):
+        plain = ops.convert_to_numpy(network(inputs, training=False))
+    if training:  # dropout active in every block: two calls differ
+        assert np.abs(first - second).max() > 1e-3
+    else:
+        np.testing.assert_allclose(first, plain, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(second, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_nested_layer_with_a_forward_hook_runs_through_keras(monkeypatch):
+    keras.utils.set_random_seed(0)
+    network = UNet(img_resolution=8, in_channels=4, out_channels=4, model_channels=16, channel_mult=(1,),
+                   num_blocks=1, attn_resolutions=(), channels_per_head=16)
+    inputs = [RNG.normal(size=(2, 8, 8, 4)).astype("float32"), np.array([0.1, 2.0], "float32")]
+    network(inputs)
+    hooked = network._flatten_layers(include_self=False)[-1]
+    if keras.backend.backend() == "torch":
+        seen = []
+        hooked.register_forward_hook(lambda module, args, output: seen.append(module.name))
+        network(inputs)
+        assert seen == [hooked.name]
+    calls = counted_layer_calls(monkeypatch)
+    network(inputs)
+    assert hooked.name in calls
+
+
+def test_kernels_reordered_once_share_one_copy_and_its_gradient():
+    x = keras.Variable(RNG.normal(size=(2, 6, 6, 5)).astype("float32"))
+    layer = Conv2D(8, 3, padding="same", bias_initializer="glorot_uniform")
+    layer.build(x.shape)
+    weights = np.asarray(RNG.normal(size=(2, 6, 6, 8)), "float32")
+
+    def twice():  # a forward with gradient, then the same kernel under no_gradient (the target)
+        with backend_ops.kernels_reordered_once():
+            first = layer(x)
+            with backend_ops.no_gradient():
+                second = ops.stop_gradient(layer(x * 0.5))
+        return ops.sum(ops.multiply(first, weights) + ops.multiply(first, second))
+
+    fast, plain = both_paths(twice, [x] + layer.trainable_variables)
+    assert_close(fast, plain)
+    if keras.backend.backend() == "torch":
+        with backend_ops.kernels_reordered_once():
+            assert backend_ops._torch_kernel(layer.kernel) is backend_ops._torch_kernel(layer.kernel)
+        assert backend_ops._torch_kernel(layer.kernel) is not backend_ops._torch_kernel(layer.kernel)
+
+
 def test_fit_steps_equal_on_both_paths():
     """RAdam (both of its branches), the EMA and the step's state, through `fit`."""
     clean = RNG.normal(size=(8 * 4, 8, 8, 4)).astype("float32")

@@ -5,9 +5,11 @@ import math
 import keras
 from keras import ops
 
+from keras_lct import backend_ops
+
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class PositionalEmbedding(keras.layers.Layer):
+class PositionalEmbedding(backend_ops.DirectNestedCall, keras.layers.Layer):
     """Sinusoidal embedding of a scalar per sample (the noise label c_noise).
 
     `[cos(x f_0), ..., cos(x f_{n-1}), sin(x f_0), ..., sin(x f_{n-1})]` with
@@ -56,7 +58,7 @@ class PositionalEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class FourierEmbedding(keras.layers.Layer):
+class FourierEmbedding(backend_ops.DirectNestedCall, keras.layers.Layer):
     """Random Fourier features of a scalar per sample (NCSN++ / iCT's embedding).
 
     `[cos(2 pi x f), sin(2 pi x f)]` with fixed frequencies f ~ N(0, scale^2),

@@ -7,7 +7,7 @@ from keras_lct import backend_ops
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class NonScalingLayerNormalization(keras.layers.Layer):
+class NonScalingLayerNormalization(backend_ops.DirectNestedCall, keras.layers.Layer):
     """Non-scaling LayerNorm (NsLN): LayerNorm over every feature axis, no scale.
 
     `NsLN(x) = (x - mean(x)) / sqrt(var(x) + eps) + beta`, with the mean and

@@ -25,7 +25,7 @@ def fan_in_initializer(fan_in, zero=False):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Conv2D(keras.layers.Conv2D):
+class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
     """`keras.layers.Conv2D` that convolves channels_last data on torch without copies.
 
     Keras' torch convolution copies each channels_last input to NCHW and its
@@ -69,9 +69,27 @@ def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, stri
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_lct")
+class Dense(backend_ops.DirectNestedCall, keras.layers.Dense):
+    """`keras.layers.Dense`, called without Keras' per-call work from within a block on torch.
+
+    Same arguments, weights and results as `keras.layers.Dense`; see
+    `keras_lct.backend_ops.DirectNestedCall`.
+    """
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class Dropout(backend_ops.DirectNestedCall, keras.layers.Dropout):
+    """`keras.layers.Dropout`, called without Keras' per-call work from within a block on torch.
+
+    Same arguments and results as `keras.layers.Dropout`; see
+    `keras_lct.backend_ops.DirectNestedCall`.
+    """
+
+
 def dense(units, fan_in, name=None, dtype=None):
     """A biased Dense layer with the authors' initialization."""
-    return keras.layers.Dense(
+    return Dense(
         units,
         kernel_initializer=fan_in_initializer(fan_in),
         bias_initializer=fan_in_initializer(fan_in),
@@ -81,7 +99,7 @@ def dense(units, fan_in, name=None, dtype=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Resample2D(keras.layers.Layer):
+class Resample2D(backend_ops.DirectNestedCall, keras.layers.Layer):
     """Fixed [1, 1]-filter resampling: 2x2 average pooling or nearest x2 upsampling.
 
     Args:
@@ -124,7 +142,7 @@ class Resample2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class AttentionBlock(keras.layers.Layer):
+class AttentionBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
     """Residual multi-head self-attention over the pixels of a feature map.
 
     `x + proj(softmax(q k^T / sqrt(C / heads)) v)` with q, k, v from a 1x1
@@ -203,7 +221,7 @@ class AttentionBlock(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class UNetBlock(keras.layers.Layer):
+class UNetBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
     """The ADM residual block with adaptive scale-shift, optional resampling and attention.
 
     `h = conv0(resample(SiLU(norm0(x))))`; `scale, shift = Dense(emb)`;
@@ -285,7 +303,7 @@ class UNetBlock(keras.layers.Layer):
         self.conv0 = conv2d(out_channels, 3, in_channels * 9, name="conv0", dtype=policy)
         self.affine = dense(out_channels * (2 if adaptive_scale else 1), emb_channels, name="affine", dtype=policy)
         self.norm1 = normalization(norm, out_channels, epsilon, name="norm1", dtype=policy)
-        self.dropout_layer = keras.layers.Dropout(dropout, name="dropout", dtype=policy)
+        self.dropout_layer = Dropout(dropout, name="dropout", dtype=policy)
         self.conv1 = conv2d(out_channels, 3, out_channels * 9, zero=True, name="conv1", dtype=policy)
         self.skip = conv2d(out_channels, 1, in_channels, name="skip", dtype=policy) if out_channels != in_channels else None
         self.attention_block = (

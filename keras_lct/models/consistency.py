@@ -321,9 +321,12 @@ class ConsistencyModel(keras.Model):
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
-        student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
-        with backend_ops.no_gradient():
-            target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
+        with backend_ops.kernels_reordered_once():
+            student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
+            with backend_ops.no_gradient():
+                target = ops.stop_gradient(
+                    self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True)
+                )
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
 
