@@ -361,9 +361,11 @@ def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
 def _torch_kernel(kernel):
     """The (out, in, kh, kw) torch weight of a (kh, kw, in, out) kernel variable.
 
-    A permuted view, which the convolution copies to a contiguous weight at
-    every call, forward and backward; within `kernels_reordered_once`, one
-    contiguous copy per kernel (and dtype), made by its first call.
+    A permuted view, which the convolution copies to a weight of its own
+    layout at every call, forward and backward; within
+    `kernels_reordered_once`, one channels_last copy (the layout oneDNN
+    convolves channels_last activations with) per kernel and dtype, made by
+    its first call.
     """
     value = ops.convert_to_tensor(kernel)
     reordered = getattr(_STATE, "reordered_kernels", None)
@@ -387,8 +389,8 @@ def kernels_reordered_once():
     The training step convolves every kernel twice forward (student and
     target) and once backward; torch copies a permuted kernel to its own
     (out, in, kh, kw) layout at each of these calls and copies the gradient
-    back. Within this context the first forward's contiguous copy serves
-    all of them (the gradient flows back through that one copy). For
+    back. Within this context the first forward's copy serves all of them
+    (the gradient flows back through that one copy). For
     forwards that leave the kernels as they are (the optimizer updates them
     after the context); a no-op where the torch fast paths are off. The
     copies are dropped on exit.
@@ -407,12 +409,20 @@ class DirectNestedCall:
     """Layer mixin: on torch, a call from within another layer's call runs `call` directly.
 
     Keras' `Layer.__call__` (input conversion, signature binding, build and
-    input checks, name and autocast scopes, masks) costs ~60-120 µs per call
-    in eager torch; the `tiny` UNet makes ~140 such nested calls per forward,
-    which was ~15% of its training step at batch 8. Where that work does
-    nothing (`_direct_call_context`), the call goes straight to `call`, with
-    the `training` flag of the enclosing call. Top-level calls, symbolic
-    calls, other backends and `use_fast_paths(False)` take Keras' path.
+    input checks, name and autocast scopes, masks) costs ~50 µs per call on
+    top of `call` in eager torch; the `tiny` UNet makes ~140 nested calls
+    per forward, ~10% of its training step at batch 8. Where that work would
+    change nothing (`_direct_call_context`), the call goes straight to
+    `call`, with the `training` flag resolved as Keras resolves it. Top-level
+    and symbolic calls, other backends and `use_fast_paths(False)` take
+    Keras' path; a nested call skips only the input-spec check of a built
+    layer (a wrong shape then fails in torch's kernel, which names it).
+
+    Example:
+    ```python
+    class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
+        pass  # first base: its `__call__` comes before Keras'
+    ```
     """
 
     def __call__(self, *args, **kwargs):
@@ -603,7 +613,7 @@ def _cache_sized_groups(tensors, group_bytes=1 << 20):
     variables at once (a `small` UNet's state is 4 x 100 MiB) every pass
     streams the whole state through memory, and its temporaries are fresh
     memory; group by group, a group's tensors stay in the CPU's cache across
-    the passes (2x faster at `small`, bench/results in docs/benchmarks.md).
+    the passes (2x faster at `small`: docs/benchmarks.md).
     """
     group, size = [], 0
     for index, tensor in enumerate(tensors):
