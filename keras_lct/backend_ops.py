@@ -22,9 +22,9 @@ tensor per layer instead of two, which lowers the step's peak memory.
 - `kernels_reordered_once`: within the training step's two forwards, each
   convolution kernel is copied to torch's weight layout once, not at every
   forward and backward call.
-- `DirectNestedCall`: a mixin of keras-lct's layers by which a call from
-  within another layer's call goes straight to `call` where Keras'
-  `Layer.__call__` would only repeat its per-call work (~50 µs a call).
+- `DirectNestedCall`: a mixin of the layers of `keras_lct.layers` by which
+  a call from within another layer's call goes straight to `call` where
+  Keras' `Layer.__call__` would only repeat its per-call work (~50 µs).
 - `exponential_moving_average`, `radam_update`: the EMA and RAdam updates of
   all variables in a few multi-tensor (`torch._foreach_*`) kernels instead of
   a handful of ops per variable (RAdam group by group, each group small
@@ -432,7 +432,7 @@ class DirectNestedCall:
         training = kwargs.pop("training", None)  # resolved as Keras does: the call's own, else the context's
         if training is None:
             training = context.training
-        if training is not None and _takes_training(type(self)):
+        if training is not None and self._call_has_training_arg:
             kwargs["training"] = training
         return self.call(*args, **kwargs)
 
@@ -440,13 +440,6 @@ class DirectNestedCall:
 @functools.cache
 def _dtype_name(dtype):
     return keras.backend.standardize_dtype(dtype)
-
-
-@functools.cache
-def _takes_training(layer_class):
-    import inspect
-
-    return "training" in inspect.signature(layer_class.call).parameters
 
 
 def _direct_call_context(layer, args, kwargs):
@@ -591,8 +584,9 @@ def radam_update(variables, momentums, velocities, gradients, step_factors, beta
     gradients = [ops.convert_to_tensor(g).to(p.dtype) for g, p in zip(gradients, params)]
     with torch.no_grad():
         for group in _cache_sized_groups(params):
-            params_, momentums_, velocities_ = ([tensors[i] for i in group] for tensors in (params, momentums, velocities))
-            gradients_ = [gradients[i] for i in group]
+            params_, momentums_, velocities_, gradients_ = (
+                tensors[group] for tensors in (params, momentums, velocities, gradients)
+            )
             if weight_decay:
                 gradients_ = torch._foreach_add(gradients_, params_, alpha=weight_decay)
             torch._foreach_lerp_(momentums_, gradients_, 1.0 - beta_1)
@@ -607,7 +601,7 @@ def radam_update(variables, momentums, velocities, gradients, step_factors, beta
 
 
 def _cache_sized_groups(tensors, group_bytes=1 << 20):
-    """Lists of consecutive indices of `tensors`, each ending once `group_bytes` are reached.
+    """Slices of `tensors`, each ending once `group_bytes` are reached.
 
     The RAdam update reads and writes each variable five times: over all
     variables at once (a `small` UNet's state is 4 x 100 MiB) every pass
@@ -615,15 +609,14 @@ def _cache_sized_groups(tensors, group_bytes=1 << 20):
     memory; group by group, a group's tensors stay in the CPU's cache across
     the passes (2x faster at `small`: docs/benchmarks.md).
     """
-    group, size = [], 0
+    start, size = 0, 0
     for index, tensor in enumerate(tensors):
-        group.append(index)
         size += tensor.numel() * tensor.element_size()
         if size >= group_bytes:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
+            yield slice(start, index + 1)
+            start, size = index + 1, 0
+    if start < len(tensors):
+        yield slice(start, len(tensors))
 
 
 @functools.cache
