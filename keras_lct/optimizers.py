@@ -65,6 +65,7 @@ class RAdam(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._momentums, self._velocities = self.add_optimizer_variables(variables, ["momentum", "velocity"])
+        backend_ops.share_memory_layout(self._momentums + self._velocities, list(variables) * 2)
 
     def _step_factors(self, learning_rate):
         """Scalars of step t = iterations + 1: `(lr / (1 - beta_1^t),

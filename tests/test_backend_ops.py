@@ -221,25 +221,44 @@ def test_a_nested_layer_with_a_forward_hook_runs_through_keras(monkeypatch):
         assert set(calls) == {network.name, hooked.name}
 
 
-def test_kernels_reordered_once_share_one_copy_and_its_gradient():
-    x = keras.Variable(RNG.normal(size=(2, 6, 6, 5)).astype("float32"))
-    layer = Conv2D(8, 3, padding="same", bias_initializer="glorot_uniform")
-    layer.build(x.shape)
-    weights = np.asarray(RNG.normal(size=(2, 6, 6, 8)), "float32")
+def _memory_order(variable):
+    """The dimensions of a variable's torch tensor from the slowest to the fastest in memory."""
+    strides = variable.value.stride()
+    return tuple(sorted(range(len(strides)), key=lambda dim: -strides[dim]))
 
-    def twice():  # a forward with gradient, then the same kernel under no_gradient (the target)
-        with backend_ops.kernels_reordered_once():
-            first = layer(x)
-            with backend_ops.no_gradient():
-                second = ops.stop_gradient(layer(x * 0.5))
-        return ops.sum(ops.multiply(first, weights) + ops.multiply(first, second))
 
-    fast, plain = both_paths(twice, [x] + layer.trainable_variables)
-    assert_close(fast, plain)
-    if keras.backend.backend() == "torch":
-        with backend_ops.kernels_reordered_once():
-            assert backend_ops._torch_kernel(layer.kernel) is backend_ops._torch_kernel(layer.kernel)
-        assert backend_ops._torch_kernel(layer.kernel) is not backend_ops._torch_kernel(layer.kernel)
+def test_kernels_are_stored_as_torch_convolves_them_and_their_state_follows(tmp_path):
+    batch = RNG.normal(size=(4, 8, 8, 4)).astype("float32")
+    models = {}
+    for enabled in (True, False):
+        with backend_ops.use_fast_paths(enabled):
+            models[enabled] = small_model("nsln")
+            models[enabled].compile(optimizer=RAdam(1e-3, weight_decay=1e-2))
+            models[enabled].train_on_batch(batch)
+    stored, plain = models[True], models[False]
+    for a, b in zip(stored.variables + stored.optimizer.variables, plain.variables + plain.optimizer.variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
+    kernels = [v for v in stored.network.trainable_variables if len(v.shape) == 4 and v.shape[0] == 3]
+    assert kernels
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    for kernel in kernels:  # (kh, kw, in, out) stored out-major: a channels_last (out, in, kh, kw) weight
+        assert _memory_order(kernel) == (3, 0, 1, 2)
+        assert kernel.value.permute(3, 2, 0, 1).is_contiguous(memory_format=torch.channels_last)
+    for states in (stored.optimizer._momentums, stored.optimizer._velocities, stored.ema_weights[0]):
+        layouts = {id(v): _memory_order(v) for v in states}
+        for variable in stored.network.trainable_variables:
+            index = stored.optimizer._get_variable_index(variable)
+            assert layouts[id(states[index])] == _memory_order(variable)
+    assert all(v.value.is_contiguous() for v in plain.network.trainable_variables)
+
+    stored.save(tmp_path / "stored.keras")
+    loaded = keras.saving.load_model(tmp_path / "stored.keras")
+    for a, b in zip(stored.network.trainable_variables, loaded.network.trainable_variables):
+        assert _memory_order(a) == _memory_order(b)
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
 
 
 def test_fit_steps_equal_on_both_paths():

@@ -40,6 +40,10 @@ class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
     >>> y = conv(np.zeros((2, 32, 32, 4)))
     """
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        backend_ops.store_for_convolution(self.kernel)
+
     def call(self, inputs):
         if self.data_format == "channels_last" and self.groups == 1:
             outputs = backend_ops.conv2d(

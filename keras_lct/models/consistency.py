@@ -247,6 +247,8 @@ class ConsistencyModel(keras.Model):
             ]
             for decay in self.ema_decays
         ]
+        for averages in self.ema_weights:
+            backend_ops.share_memory_layout(averages, self.network.trainable_variables)
         # Last, so that files saved before it existed still load (`load_own_variables`).
         self.micro_batch = self.add_weight(
             shape=(), dtype="int32", initializer="zeros", trainable=False, aggregation="only_first_replica",
@@ -321,12 +323,9 @@ class ConsistencyModel(keras.Model):
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
-        with backend_ops.kernels_reordered_once():
-            student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
-            with backend_ops.no_gradient():
-                target = ops.stop_gradient(
-                    self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True)
-                )
+        student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
+        with backend_ops.no_gradient():
+            target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
 
