@@ -31,9 +31,11 @@ class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
     Keras' torch convolution copies each channels_last input to NCHW and its
     output back; this layer hands torch a permuted view instead (an NCHW
     tensor in channels_last memory, which oneDNN convolves natively) and fuses
-    the bias. Same arguments, weights and results as `keras.layers.Conv2D`;
-    other backends, channels_first data and strided 'same' convolutions run
-    Keras' own code. See `keras_lct.backend_ops`.
+    the bias; its kernel is stored in the memory order torch convolves with
+    (same shape and values; `backend_ops.store_for_convolution`). Same
+    arguments, weights and results as `keras.layers.Conv2D`; other backends,
+    channels_first data and strided 'same' convolutions run Keras' own code.
+    See `keras_lct.backend_ops`.
 
     Example:
     >>> conv = Conv2D(64, 3, padding="same")
