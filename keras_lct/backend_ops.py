@@ -269,9 +269,14 @@ def gradients_averaged_over_processes(model):
             hook.remove()
 
 
+def memory_order(tensor):
+    """The dimensions of a torch tensor, from the slowest to the fastest varying in memory."""
+    return tuple(sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim)))
+
+
 def _in_memory_order(tensor):
     """A dense torch tensor as a contiguous view (NCCL's collectives take only contiguous tensors)."""
-    return tensor.permute(sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim)))
+    return tensor.permute(memory_order(tensor))
 
 
 def check_sample_shape(batch, sample_shape, message):
@@ -373,7 +378,7 @@ def store_for_convolution(kernel):
     gradient comes back in the variable's own layout. Keras' assignments
     (`assign`, `load_weights`) copy into the variable and keep its layout.
     """
-    if keras.backend.backend() != "torch" or not fast_paths_enabled() or len(kernel.shape) != 4:
+    if not fast_paths_enabled():
         return
     parameter = kernel.value
     parameter.data = parameter.data.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
