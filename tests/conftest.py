@@ -14,8 +14,32 @@ import keras
 import pytest
 
 
+# Tests marked backend_neutral exercise code that never reaches Keras' backend (NumPy-only math,
+# argument parsing, --help, file formats). `make test` runs them once, on this backend; a plain
+# `pytest` (the variable unset) runs them on every backend.
+NEUTRAL_BACKEND = os.environ.get("KERAS_LCT_NEUTRAL_BACKEND")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "backend_neutral: the test's subject never reaches Keras' backend; it runs once, on "
+        "KERAS_LCT_NEUTRAL_BACKEND, when that is set (by `make test`)",
+    )
+
+
 def pytest_report_header(config):
-    return f"keras {keras.__version__}, backend {keras.backend.backend()}"
+    neutral = f"backend_neutral tests run on {NEUTRAL_BACKEND}" if NEUTRAL_BACKEND else "backend_neutral tests run here"
+    return f"keras {keras.__version__}, backend {keras.backend.backend()}; {neutral}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if NEUTRAL_BACKEND in (None, keras.backend.backend()):
+        return
+    neutral = [item for item in items if item.get_closest_marker("backend_neutral")]
+    if neutral:
+        config.hook.pytest_deselected(items=neutral)
+        items[:] = [item for item in items if not item.get_closest_marker("backend_neutral")]
 
 
 @pytest.fixture(autouse=True)

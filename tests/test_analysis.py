@@ -48,6 +48,7 @@ def reference_td(x0, num_scales, seed, sigma_min=0.002, sigma_max=80.0, rho=7.0,
 
 
 # ---------------------------------------------------------------- box statistics
+@pytest.mark.backend_neutral
 def test_box_statistics_match_hand_computed_quartiles_fences_and_outliers():
     values = np.array([[8, -12, 1, 2], [3, 4, 100, 5], [6, 7, -5, 16]], np.float32)
     stats = analysis.box_statistics(values)
@@ -68,6 +69,7 @@ def test_box_statistics_match_hand_computed_quartiles_fences_and_outliers():
     assert on_the_fence["outliers"]["min"] is None and on_the_fence["whiskers"] == [0.0, 6.0]
 
 
+@pytest.mark.backend_neutral
 def test_box_statistics_reject_nan_inf_and_empty_values():
     with pytest.raises(ValueError, match="2 NaN and 1 inf of 5 values"):
         analysis.box_statistics([1.0, np.nan, np.inf, np.nan, 0.0])
@@ -75,6 +77,7 @@ def test_box_statistics_reject_nan_inf_and_empty_values():
         analysis.box_statistics(np.zeros((0, 3)), name="TD values")
 
 
+@pytest.mark.backend_neutral
 def test_heavy_tailed_data_has_more_extreme_outliers_than_gaussian():
     rng = np.random.default_rng(0)
     gaussian = rng.standard_normal(200_000)
@@ -206,6 +209,7 @@ def test_recipe_on_a_latent_cache_with_a_trained_model_file(tmp_path):
     assert Image.open(output / "impulsive_noise.png").size == (900, 360)
 
 
+@pytest.mark.backend_neutral
 def test_recipe_refuses_missing_and_broken_inputs_clearly(tmp_path):
     result = run_analyze("--help", timeout=60)
     assert result.returncode == 0 and "--quickstart" in result.stdout and "--latent-cache" in result.stdout

@@ -11,6 +11,9 @@ from ot_costs import pairing_cost
 
 from keras_lct import coupling
 
+# NumPy-only code (and subprocesses of it): nothing here reaches Keras' backend.
+pytestmark = pytest.mark.backend_neutral
+
 
 @pytest.mark.parametrize("shape", [(2, 3), (16, 2), (33, 5), (12, 4, 4, 3)])
 def test_ot_permutation_is_the_optimal_assignment(shape):

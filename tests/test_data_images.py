@@ -8,6 +8,9 @@ from PIL import Image
 
 from keras_lct import data
 
+# NumPy-only code (and subprocesses of it): nothing here reaches Keras' backend.
+pytestmark = pytest.mark.backend_neutral
+
 
 def rgb(height, width, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -81,7 +81,8 @@ def test_evaluate_against_statistics_without_vgg_features_skips_recall(setup, tm
     assert "Precision and recall skipped" in result.stdout and "holds no vgg_features" in result.stdout
 
 
-def test_help_lists_the_options_without_importing_keras():
+@pytest.mark.backend_neutral
+def test_help_lists_the_options_and_the_weight_files():
     result = run_recipe("evaluate.py", "--help", timeout=120)
     assert result.returncode == 0, result.stderr
     for option in ("--model", "--vae", "--reference", "--save-reference", "--inception-weights", "--vgg16-weights",

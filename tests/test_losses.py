@@ -67,7 +67,10 @@ def test_loss_with_variable_c_inside_compiled_fit():
     c.assign(0.05)
     second = model.evaluate(x, x, verbose=0)
     assert second > first  # smaller c, larger Cauchy value for the same residuals
-    model.fit(x, x, epochs=1, verbose=0)
+    # One compiled step (8 samples, one batch): its loss is taken before the update, at the c now set.
+    history = model.fit(x, x, epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(second, rel=1e-5)
+    assert float(c) == pytest.approx(0.05)
 
 
 def distance_gradient(name, residual, c):

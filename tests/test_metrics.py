@@ -14,7 +14,11 @@ from feature_network_files import write_random_inception_weights
 from feature_network_files import write_tiny_vgg16
 
 # NVIDIA's vgg16.pt exists only as TorchScript, which torch 2.13 deprecates; the stand-in is made the same way.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:DeprecationWarning")
+# NumPy and torch only: nothing here reaches Keras' backend.
+pytestmark = [
+    pytest.mark.backend_neutral,
+    pytest.mark.filterwarnings("ignore:`torch.jit.(script|save|load)` is deprecated:DeprecationWarning"),
+]
 
 
 def random_features(rng, num_samples, dim, shift=0.0):

@@ -48,12 +48,12 @@ def test_quickstart_metrics_are_complete_and_the_trained_model_beats_the_untrain
     for scores in runs:
         assert set(scores) == {"frechet_distance", "recall"}
         assert math.isfinite(scores["frechet_distance"]) and 0 <= scores["recall"] <= 1
-    # Floor and ceiling of the scale, and a model trained for 100 steps between them (far from the
-    # floor: its recall is often still 0, like the untrained model's, so recall is compared loosely).
+    # Floor and ceiling of the scale, and a model trained for 100 steps between them. Recall is no
+    # signal at --fast's 100 steps (measured: 0 for the trained, iLCT and untrained models alike), so
+    # only the held-out real digits' recall is checked, which shows the recall computation can be non-zero.
     for trained in (metrics["one_step"], metrics["two_step"]):
         assert metrics["real_holdout"]["frechet_distance"] < trained["frechet_distance"]
         assert trained["frechet_distance"] < 0.8 * metrics["untrained"]["frechet_distance"]
-        assert trained["recall"] >= metrics["untrained"]["recall"]
     assert metrics["real_holdout"]["recall"] > 0.5
 
 
@@ -65,6 +65,7 @@ def test_saved_model_samples_on_this_backend_and_decodes_with_the_saved_autoenco
     assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all()
 
 
+@pytest.mark.backend_neutral
 def test_quickstart_documents_its_options_and_refuses_bad_ones():
     result = run_recipe("quickstart.py", "--help", timeout=120)
     assert result.returncode == 0
@@ -115,6 +116,7 @@ def test_ablation_trains_every_row_resumes_after_a_loss_and_refuses_other_settin
     assert result.returncode != 0 and "other settings (batch_size" in result.stderr
 
 
+@pytest.mark.backend_neutral
 def test_ablation_documents_its_options_and_says_what_data_it_needs(tmp_path):
     result = run_recipe("ablation.py", "--help", timeout=120)
     assert result.returncode == 0

@@ -30,6 +30,7 @@ def run_recipe(script, *args, timeout=600, unset=()):
     )
 
 
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("script", TRAINING_RECIPES + ["sample.py"])
 def test_every_recipe_documents_its_options(script):
     result = run_recipe(script, "--help", timeout=120)
@@ -38,6 +39,7 @@ def test_every_recipe_documents_its_options(script):
         assert option in result.stdout
 
 
+@pytest.mark.backend_neutral
 def test_missing_images_or_weights_say_what_to_get(tmp_path):
     result = run_recipe("celeba.py", timeout=120)
     assert result.returncode == 2
