@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/quickstart.py --output runs/quickstart
 
+# Each backend's closing lines go out in one write (the .summary file), so the lanes' lines do not interleave.
 test: install
 	@mkdir -p $(TEST_LOGS) runs/test-tmp; rm -f $(TEST_LOGS)/failed; \
 	run_lane() { \

@@ -13,6 +13,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import keras
 import pytest
 
+import keras_lct.layers.unet_blocks
+
 
 # Tests marked backend_neutral exercise code that never reaches Keras' backend (NumPy-only math,
 # argument parsing, --help, file formats). `make test` runs them once, on this backend; a plain
@@ -39,7 +41,16 @@ def pytest_collection_modifyitems(config, items):
     neutral = [item for item in items if item.get_closest_marker("backend_neutral")]
     if neutral:
         config.hook.pytest_deselected(items=neutral)
-        items[:] = [item for item in items if not item.get_closest_marker("backend_neutral")]
+        items[:] = [item for item in items if item not in neutral]
+
+
+@pytest.fixture
+def zero_initializers(monkeypatch):
+    """Zeros for the layers' fan-in initializers, where a test needs shapes or files, not values.
+
+    JAX compiles a random initializer for every weight shape (~1 s each on this CPU).
+    """
+    monkeypatch.setattr(keras_lct.layers.unet_blocks, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
 
 
 @pytest.fixture(autouse=True)

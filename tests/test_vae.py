@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from keras import ops
 
-import keras_lct.layers.unet_blocks
 import keras_lct.vae.autoencoder
 from keras_lct import vae
 from keras_lct.vae import VAE_PRESETS
@@ -34,14 +33,10 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(autouse=True)
-def constant_initializers(request, monkeypatch):
-    """Zeros for initial weights: JAX compiles each random-initializer shape (~1 s on this CPU), too slow here.
-
-    `test_random_initialization_is_torch_default` keeps the real ones.
-    """
-    if request.node.originalname == "test_random_initialization_is_torch_default":
-        return
-    monkeypatch.setattr(keras_lct.layers.unet_blocks, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
+def constant_initializers(request):
+    """Zeros for initial weights; `test_random_initialization_is_torch_default` keeps the real ones."""
+    if request.node.originalname != "test_random_initialization_is_torch_default":
+        request.getfixturevalue("zero_initializers")
 
 
 def diffusers_config(arguments):
