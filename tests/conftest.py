@@ -1,5 +1,6 @@
 """Shared pytest setup: one pytest run per KERAS_BACKEND (see the Makefile)."""
 
+import gc
 import os
 import tempfile
 
@@ -35,6 +36,15 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}; {neutral}"
 
 
+def pytest_collection_finish(session):
+    """The frameworks' and test modules' objects, all imported now, leave the garbage collector's view.
+
+    A full collection then scans only what the tests create: ~1 s -> milliseconds per collection here.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     if NEUTRAL_BACKEND in (None, keras.backend.backend()):
         return
@@ -60,4 +70,4 @@ def _fresh_keras_state():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # the garbage collector runs on its own schedule

@@ -3,7 +3,8 @@
 One call checks what every keras_lct layer promises: its config round-trips,
 it runs symbolically and eagerly with the expected output shape, it holds the
 expected number of trainable and non-trainable weights, it trains inside a
-tiny `fit`, and a `.keras` model around it reloads with equal outputs.
+tiny `fit`, and a `.keras` model around it, its weights set to values no
+initializer draws, reloads with those weights and equal outputs.
 """
 
 import keras
@@ -55,9 +56,14 @@ def run_layer_test(
         assert np.all(np.isfinite(history.history["loss"]))
 
     if tmp_path is not None:
+        # Values no initializer draws, so that the reloaded outputs match only if the file's weights load.
+        for weight in model.weights:
+            weight.assign(rng.uniform(0.5, 1.5, size=weight.shape).astype(weight.dtype))
         path = str(tmp_path / f"{layer_cls.__name__}.keras")
         model.save(path)
         restored = keras.models.load_model(path)
+        for saved, loaded in zip(model.weights, restored.weights):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded), keras.ops.convert_to_numpy(saved))
         np.testing.assert_allclose(
             keras.ops.convert_to_numpy(restored(inputs)),
             keras.ops.convert_to_numpy(model(inputs)),
