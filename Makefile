@@ -4,11 +4,10 @@
 #   TORCH       the torch requirement installed first. The default is a CPU build;
 #               users with GPUs set e.g. TORCH="torch==2.13.0 --index-url <their CUDA index>".
 #   TENSORFLOW  the TensorFlow requirement (tensorflow-cpu; `tensorflow` for GPUs).
-#   BACKENDS    the Keras backends `make test` runs the suite on, one pytest run each.
-#               tensorflow runs in one lane, the others one after another in a second lane,
-#               both at once (see docs/testing.md); each backend's log is in runs/test-logs/.
+#   BACKENDS    the Keras backends `make test` runs the suite on, one pytest run each, all
+#               at once (see docs/testing.md); each backend's log is in runs/test-logs/.
 #   NEUTRAL_BACKEND the backend that runs the tests marked backend_neutral (torch if listed).
-#   LANE_THREADS threads each lane's frameworks may use (1: two lanes fill two cores).
+#   TEST_THREADS threads each backend's frameworks may use (1: the runs share the cores).
 #   PYTEST_ARGS extra pytest arguments, e.g. PYTEST_ARGS="-x -k losses".
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,7 +16,7 @@ TENSORFLOW ?= tensorflow-cpu>=2.16
 BACKENDS ?= jax torch tensorflow
 PYTEST_ARGS ?=
 NEUTRAL_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
-LANE_THREADS ?= 1
+TEST_THREADS ?= 1
 TEST_LOGS := runs/test-logs
 DEMO_BACKEND ?= jax
 
@@ -39,24 +38,21 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/quickstart.py --output runs/quickstart
 
-# Each backend's closing lines go out in one write (the .summary file), so the lanes' lines do not interleave.
+# Each backend's closing lines go out in one write (the .summary file), so the runs' lines do not interleave.
 test: install
 	@mkdir -p $(TEST_LOGS) runs/test-tmp; rm -f $(TEST_LOGS)/failed; \
-	run_lane() { \
-		for backend in "$$@"; do \
-			log=$(TEST_LOGS)/$$backend.log; \
-			echo "=== pytest, KERAS_BACKEND=$$backend started $$(date +%T) (log: $$log) ==="; \
-			if KERAS_BACKEND=$$backend KERAS_LCT_NEUTRAL_BACKEND=$(NEUTRAL_BACKEND) \
-				OMP_NUM_THREADS=$(LANE_THREADS) TF_NUM_INTRAOP_THREADS=$(LANE_THREADS) \
-				$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/runs/test-tmp/$$backend" \
-				$(PYTEST_ARGS) > $$log 2>&1; \
-			then lines=1; else lines=80; echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
-			{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; tail -n $$lines $$log; } > $$log.summary; \
-			cat $$log.summary; \
-		done; \
+	run_backend() { \
+		backend=$$1; log=$(TEST_LOGS)/$$backend.log; \
+		echo "=== pytest, KERAS_BACKEND=$$backend started $$(date +%T) (log: $$log) ==="; \
+		if KERAS_BACKEND=$$backend KERAS_LCT_NEUTRAL_BACKEND=$(NEUTRAL_BACKEND) \
+			OMP_NUM_THREADS=$(TEST_THREADS) TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) \
+			$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/runs/test-tmp/$$backend" \
+			$(PYTEST_ARGS) > $$log 2>&1; \
+		then lines=1; else lines=80; echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
+		{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; tail -n $$lines $$log; } > $$log.summary; \
+		cat $$log.summary; \
 	}; \
-	run_lane $(filter tensorflow,$(BACKENDS)) & \
-	run_lane $(filter-out tensorflow,$(BACKENDS)) & \
+	for backend in $(BACKENDS); do run_backend $$backend & done; \
 	wait; \
 	if [ -s $(TEST_LOGS)/failed ]; then echo "tests FAILED on: $$(tr '\n' ' ' < $(TEST_LOGS)/failed)"; exit 1; fi; \
 	echo "tests passed on: $(BACKENDS)"

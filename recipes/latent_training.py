@@ -20,8 +20,9 @@ What one command does, and where it writes (all under --output):
    `logs/`, and the final `lct.keras`.
 
 Rerunning the same command continues from the checkpoint (same step, N, c,
-EMA and optimizer state). `--smoke` runs the whole path on generated images and
-a tiny random VAE in about a minute on a CPU. `recipes/sample.py` turns the
+EMA and optimizer state). `--smoke` runs the whole path on generated images, a
+tiny random VAE and the `smoke` UNet (the family's fewest blocks) in under a
+minute on a CPU. `recipes/sample.py` turns the
 final model into images. On jax, the compiled steps are kept in `jax_cache/` of
 the run (or where `JAX_COMPILATION_CACHE_DIR` says), so a resumed run skips
 compilation (60-80 s for the paper's network on an H100; the smoke run goes from
@@ -73,7 +74,7 @@ RUN_IDENTITY = (
 )
 # What run.json files written before a setting existed mean by it.
 RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1}
-SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="tiny", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
+SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="smoke", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 
 
@@ -106,7 +107,7 @@ def parse_args(dataset, argv=None):
                           help="robust distance (default: %(default)s)")
     training.add_argument("--norm", default="nsln", choices=["nsln", "group", "instance", "layer", "rms"],
                           help="normalization of the UNet (default: %(default)s)")
-    training.add_argument("--unet", default="celeba256", choices=["celeba256", "small", "tiny"],
+    training.add_argument("--unet", default="celeba256", choices=["celeba256", "small", "tiny", "smoke"],
                           help="UNet preset (default: %(default)s, the paper's)")
     training.add_argument("--dropout", type=float, default=0.0, help="dropout in the UNet blocks (default: %(default)s)")
     training.add_argument("--ot", action=argparse.BooleanOptionalAction, default=True,

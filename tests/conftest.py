@@ -29,6 +29,11 @@ def pytest_configure(config):
         "backend_neutral: the test's subject never reaches Keras' backend; it runs once, on "
         "KERAS_LCT_NEUTRAL_BACKEND, when that is set (by `make test`)",
     )
+    config.addinivalue_line(
+        "markers",
+        "compiled_step: the test's subject is the compiled training step; on tensorflow it runs in graph "
+        "mode, every other test runs its tf.functions eagerly",
+    )
 
 
 def pytest_report_header(config):
@@ -54,6 +59,18 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if item not in neutral]
 
 
+@pytest.fixture(scope="session")
+def uninterrupted_smoke_run(tmp_path_factory):
+    """One `recipes/celeba.py --smoke` run, start to end: (run folder, its CompletedProcess).
+
+    Its files serve the recipe tests; its final weights, those a resumed run must end at (test_faults).
+    """
+    from test_recipes import run_recipe
+
+    output = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return output, run_recipe("celeba.py", "--smoke", "--output", output)
+
+
 @pytest.fixture
 def zero_initializers(monkeypatch):
     """Zeros for the layers' fan-in initializers, where a test needs shapes or files, not values.
@@ -61,6 +78,23 @@ def zero_initializers(monkeypatch):
     JAX compiles a random initializer for every weight shape (~1 s each on this CPU).
     """
     monkeypatch.setattr(keras_lct.layers.unet_blocks, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
+
+
+@pytest.fixture(autouse=True)
+def _tensorflow_eager_unless_compiled_step(request):
+    """On tensorflow, a test runs a few steps eagerly sooner than it traces them into a graph.
+
+    The compiled step (graph mode, steps_per_execution, faults, resumes, parity) keeps its own tests,
+    marked `compiled_step`; the recipes' subprocesses always run compiled.
+    """
+    if keras.backend.backend() != "tensorflow" or request.node.get_closest_marker("compiled_step"):
+        yield
+        return
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
 
 
 @pytest.fixture(autouse=True)

@@ -263,6 +263,7 @@ def test_kernels_are_stored_as_torch_convolves_them_and_their_state_follows(tmp_
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
 
 
+@pytest.mark.compiled_step
 def test_fit_steps_equal_on_both_paths():
     """RAdam (both of its branches), the EMA and the step's state, through `fit`."""
     require_a_fast_path("torch", "tensorflow")  # tensorflow: NsLN's

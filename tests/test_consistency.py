@@ -45,6 +45,7 @@ class LogRecorder(keras.callbacks.Callback):
         self.batches.append({key: float(value) for key, value in logs.items()})
 
 
+@pytest.mark.compiled_step
 def test_fit_learns_a_known_distribution():
     model = toy_model()
     untrained = distance_to_modes(model.sample(512, seed=0, ema=False))
@@ -181,6 +182,7 @@ def test_adaptive_c_scaled_with_dim_follows_eq_11_times_sqrt_d_over_4096():
     assert callbacks.AdaptiveC(scale_with_dim=True).get_config()["scale_with_dim"] is True
 
 
+@pytest.mark.compiled_step
 def test_num_scales_and_c_inside_the_step_follow_the_schedule(tmp_path):
     total_steps = 70  # K' = 10: N doubles every 10 steps
     model = toy_model()
@@ -197,6 +199,7 @@ def test_num_scales_and_c_inside_the_step_follow_the_schedule(tmp_path):
     assert_logs_follow_schedule(fit_and_record(restored, 12, total_steps, "authors_code"), 35, total_steps, "authors_code")
 
 
+@pytest.mark.compiled_step
 def test_steps_per_execution_keeps_the_schedule():
     if keras.backend.backend() == "torch":
         pytest.skip("Keras' torch trainer accepts only steps_per_execution=1.")
@@ -269,6 +272,7 @@ def run_python(code, env_backend=None, timeout=600):
     return result
 
 
+@pytest.mark.compiled_step
 def test_jit_compile_true_compiles_where_the_backend_can_and_runs_eagerly_on_torch():
     model = ConsistencyModel(MLPDenoiser(2, width=16), ema_decays=())
     model.build((None, 2))
@@ -283,6 +287,7 @@ def test_jit_compile_true_compiles_where_the_backend_can_and_runs_eagerly_on_tor
     assert np.isfinite(history.history["loss"][-1])
 
 
+@pytest.mark.compiled_step
 def test_keras_file_saved_on_jax_gives_the_same_samples_here(tmp_path):
     path, samples = str(tmp_path / "jax.keras"), str(tmp_path / "samples.npy")
     result = run_python(SAVE_ON_JAX.format(tests=os.path.dirname(__file__), path=path, samples=samples), "jax")
@@ -337,6 +342,7 @@ with open({end!r}, "w") as f:
 """
 
 
+@pytest.mark.compiled_step
 def test_backup_and_restore_resumes_a_killed_run(tmp_path):
     import json
 
@@ -437,6 +443,7 @@ def test_fit_keeps_paired_batches_on_fits_epochs():
     assert seen == [5] * 4 + [6] * 4
 
 
+@pytest.mark.compiled_step
 def test_checkpoint_resume_continues_exactly(tmp_path):
     """Checkpoint at epoch 2, load, fit on: the same weights, EMA, N, c and optimizer state as one fit."""
     from keras_lct.data import NoisePairedDataset

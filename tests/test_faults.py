@@ -3,10 +3,11 @@
 Faults injected in-process on every backend: an exception or Ctrl-C
 (KeyboardInterrupt) from a callback, a Ctrl-C that Python drops in a
 garbage-collector callback (as jax's own one did), a batch that fails in the
-first step, and a save interrupted mid-file; and a recipe's `--smoke` run killed (SIGKILL)
-once its first checkpoint is written, rerun and stopped by one Ctrl-C
-(SIGINT) as it trains again, then rerun: it must end at the weights of an
-uninterrupted run of the same seed.
+first step, and a save interrupted mid-file; and a recipe's `--smoke` run
+stopped after its first epoch (`--stop-after-epochs 1`), rerun and killed
+(SIGKILL) as it trains epoch 2, rerun and stopped by one Ctrl-C (SIGINT) there,
+then rerun: it must end at the weights of the uninterrupted run of the same
+seed (conftest's `uninterrupted_smoke_run`, whose files test_recipes reads).
 """
 
 import gc
@@ -31,6 +32,8 @@ from test_bad_input import built_model
 from test_bad_input import weights_of
 from test_recipes import ROOT
 from test_recipes import run_recipe
+
+pytestmark = pytest.mark.compiled_step  # what stops fit, stopping the compiled step
 
 
 class RaiseAt(keras.callbacks.Callback):
@@ -183,17 +186,11 @@ def _final_weights(output):
     return int(model.training_step), [keras.ops.convert_to_numpy(v) for v in model.weights if "seed_generator" not in v.path]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_smoke_run(tmp_path_factory):
-    output = str(tmp_path_factory.mktemp("uninterrupted") / "run")
-    result = run_recipe("celeba.py", "--smoke", "--output", output)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _final_weights(output)
-
-
-def _run_until_then(signal_number, output, ready):
+def _run_until_then(signal_number, output, ready, unset=()):
     """Starts the smoke recipe, sends `signal_number` once when `ready()`, waits for it; (returncode, stderr)."""
     environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
+    for name in unset:
+        environment.pop(name, None)
     log = output + ".log"  # files, not pipes: a full pipe would stall the run before its checkpoint
     with open(log, "w") as stdout, open(log + ".stderr", "w") as stderr:
         process = subprocess.Popen(
@@ -212,34 +209,53 @@ def _run_until_then(signal_number, output, ready):
         return process.returncode, file.read()
 
 
-def test_a_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_uninterrupted_run(uninterrupted_smoke_run, tmp_path):
+def test_a_stopped_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_uninterrupted_run(
+    uninterrupted_smoke_run, tmp_path
+):
     output = str(tmp_path / "run")
     checkpoint = os.path.join(output, "checkpoint.keras")
+    # Without the tests' jax compilation cache: the runs keep their compiled steps in the run folder.
+    unset = ["JAX_COMPILATION_CACHE_DIR"]
 
-    # SIGKILL once epoch 1's checkpoint exists: nothing runs after it.
-    returncode, stderr = _run_until_then(signal.SIGKILL, output, lambda log: os.path.exists(checkpoint))
-    assert returncode == -signal.SIGKILL, stderr[-3000:]
-    assert not os.path.exists(os.path.join(output, "lct.keras"))
-    keras_lct.saving.load_model(checkpoint)  # whole, loadable
-
-    # The rerun resumes; one Ctrl-C as it starts training epoch 2 stops it with exit 130.
-    def training(log):
+    def training_epoch_2(log):
         with open(log) as file:
             return "Training epochs 2-2" in file.read()
 
-    # It stops in epoch 2's first batch, or at its end when the interrupt landed in a garbage-collector
-    # callback, which drops it, and `fit` delivered it again there (backend_ops.interrupts_delivered).
-    returncode, stderr = _run_until_then(signal.SIGINT, output, training)
+    # --stop-after-epochs 1 stops cleanly after epoch 1's checkpoint.
+    stopped = run_recipe("celeba.py", "--smoke", "--output", output, "--stop-after-epochs", "1", unset=unset)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert "Stopped after epoch 1 of 2" in stopped.stdout
+    assert not os.path.exists(os.path.join(output, "lct.keras"))
+    compiled_after_first = sorted(os.listdir(os.path.join(output, "jax_cache"))) if keras.backend.backend() == "jax" else []
+
+    # SIGKILL as the rerun trains epoch 2: nothing runs after it; epoch 1's checkpoint is whole.
+    returncode, stderr = _run_until_then(signal.SIGKILL, output, training_epoch_2, unset)
+    assert returncode == -signal.SIGKILL, stderr[-3000:]
+    assert not os.path.exists(os.path.join(output, "lct.keras"))
+    assert int(keras_lct.saving.load_model(checkpoint).training_step) == 5
+
+    # One Ctrl-C as the next rerun trains epoch 2 stops it with exit 130. It stops in epoch 2's first
+    # batch, or at its end when the interrupt landed in a garbage-collector callback, which drops it,
+    # and `fit` delivered it again there (backend_ops.interrupts_delivered).
+    returncode, stderr = _run_until_then(signal.SIGINT, output, training_epoch_2, unset)
     assert returncode == 130 and re.search(r"Interrupted at step [56];", stderr), stderr[-3000:]
     assert not os.path.exists(os.path.join(output, "lct.keras"))
     assert int(keras_lct.saving.load_model(checkpoint).training_step) == 5
 
-    resumed = run_recipe("celeba.py", "--smoke", "--output", output)
+    resumed = run_recipe("celeba.py", "--smoke", "--output", output, unset=unset)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming" in resumed.stdout
+    assert "reused" in resumed.stdout and "Resuming" in resumed.stdout and "at step 5 of 10" in resumed.stdout
     assert not [name for name in os.listdir(output) if name.startswith(".")]  # no temporary files left
+    if keras.backend.backend() == "jax":  # the resumed run found the first run's compiled steps
+        for run in (stopped, resumed):
+            assert f"compiled steps kept in {os.path.join(output, 'jax_cache')}" in run.stdout
+        assert compiled_after_first and set(compiled_after_first) <= set(os.listdir(os.path.join(output, "jax_cache")))
+    else:
+        assert not os.path.exists(os.path.join(output, "jax_cache"))
     steps, weights = _final_weights(output)
-    expected_steps, expected_weights = uninterrupted_smoke_run
+    uninterrupted, result = uninterrupted_smoke_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected_steps, expected_weights = _final_weights(uninterrupted)
     assert steps == expected_steps == 10
     for value, expected in zip(weights, expected_weights):
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)

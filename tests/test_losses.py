@@ -56,6 +56,7 @@ def test_loss_reads_a_variable_c_at_every_call():
     assert losses.Cauchy.from_config(loss.get_config()).c == pytest.approx(0.1)
 
 
+@pytest.mark.compiled_step
 def test_loss_with_variable_c_inside_compiled_fit():
     c = keras.Variable(0.5, trainable=False, name="c")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])

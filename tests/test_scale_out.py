@@ -35,6 +35,7 @@ def state_of(model):
             if "seed_generator" not in v.path and not v.path.endswith("micro_batch")]
 
 
+@pytest.mark.compiled_step
 def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     # Large diffusion fraction: the low-noise samples differ in number between micro-batches.
     whole = tiny_model(RAdam(1e-2), diffusion_fraction=0.6)
@@ -91,6 +92,7 @@ def float32_run():
     return train_under("float32")
 
 
+@pytest.mark.compiled_step
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_like_float32(policy, float32_run):
     reference, reference_losses, (initial_weights, initial_error) = float32_run

@@ -183,6 +183,7 @@ def test_precondition_matches_formulas_and_boundary_condition():
     assert c_skip[0] == pytest.approx(1.0) and c_out[0] == pytest.approx(0.0, abs=1e-9)
 
 
+@pytest.mark.compiled_step
 def test_schedules_run_inside_a_compiled_function():
     class Probe(keras.layers.Layer):
         def call(self, steps):

@@ -30,6 +30,7 @@ def test_loss_is_reconstruction_plus_weighted_kl():
     assert float(trainer.kl_tracker.result()) == pytest.approx(kl, rel=1e-5)
 
 
+@pytest.mark.compiled_step
 def test_fit_lowers_the_reconstruction_error_of_the_wrapped_autoencoder():
     keras.utils.set_random_seed(0)
     grid = np.linspace(-1, 1, 8, dtype="float32")

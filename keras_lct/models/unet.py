@@ -20,6 +20,8 @@ UNET_PRESETS = {
     "celeba256": dict(_LATENT_32, model_channels=128, channel_mult=(1, 2, 3, 4), num_blocks=4, attn_resolutions=(16, 8)),
     "small": dict(_LATENT_32, model_channels=64, channel_mult=(1, 2, 3, 4), num_blocks=2, attn_resolutions=(16, 8)),
     "tiny": dict(_LATENT_32, model_channels=32, channel_mult=(1, 2, 2), num_blocks=1, attn_resolutions=(8,)),
+    # The recipes' --smoke network: the fewest blocks of the family (attention only in the lowest level's in0).
+    "smoke": dict(_LATENT_32, model_channels=32, channel_mult=(1, 2), num_blocks=1, attn_resolutions=()),
 }
 
 
