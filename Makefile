@@ -18,6 +18,7 @@ PYTEST_ARGS ?=
 NEUTRAL_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
 TEST_THREADS ?= 1
 TEST_LOGS := runs/test-logs
+TEST_TMP := runs/test-tmp
 DEMO_BACKEND ?= jax
 
 VENV_PYTHON := $(VENV)/bin/python
@@ -40,13 +41,13 @@ demo: install
 
 # Each backend's closing lines go out in one write (the .summary file), so the runs' lines do not interleave.
 test: install
-	@mkdir -p $(TEST_LOGS) runs/test-tmp; rm -f $(TEST_LOGS)/failed; \
+	@mkdir -p $(TEST_LOGS) $(TEST_TMP); rm -f $(TEST_LOGS)/failed; \
 	run_backend() { \
 		backend=$$1; log=$(TEST_LOGS)/$$backend.log; \
 		echo "=== pytest, KERAS_BACKEND=$$backend started $$(date +%T) (log: $$log) ==="; \
 		if KERAS_BACKEND=$$backend KERAS_LCT_NEUTRAL_BACKEND=$(NEUTRAL_BACKEND) \
 			OMP_NUM_THREADS=$(TEST_THREADS) TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) \
-			$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/runs/test-tmp/$$backend" \
+			$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/$(TEST_TMP)/$$backend" \
 			$(PYTEST_ARGS) > $$log 2>&1; \
 		then lines=1; else lines=80; echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
 		{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; tail -n $$lines $$log; } > $$log.summary; \

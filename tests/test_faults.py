@@ -31,6 +31,7 @@ from test_bad_input import CompletedSteps
 from test_bad_input import built_model
 from test_bad_input import weights_of
 from test_recipes import ROOT
+from test_recipes import recipe_environment
 from test_recipes import run_recipe
 
 pytestmark = pytest.mark.compiled_step  # what stops fit, stopping the compiled step
@@ -188,14 +189,11 @@ def _final_weights(output):
 
 def _run_until_then(signal_number, output, ready, unset=()):
     """Starts the smoke recipe, sends `signal_number` once when `ready()`, waits for it; (returncode, stderr)."""
-    environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
-    for name in unset:
-        environment.pop(name, None)
     log = output + ".log"  # files, not pipes: a full pipe would stall the run before its checkpoint
     with open(log, "w") as stdout, open(log + ".stderr", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "recipes", "celeba.py"), "--smoke", "--output", output],
-            stdout=stdout, stderr=stderr, env=environment, cwd=ROOT,
+            stdout=stdout, stderr=stderr, env=recipe_environment(unset), cwd=ROOT,
             # As from a terminal: a test run in the background passes SIGINT on ignored.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
@@ -213,7 +211,7 @@ def test_a_stopped_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_u
     uninterrupted_smoke_run, tmp_path
 ):
     output = str(tmp_path / "run")
-    checkpoint = os.path.join(output, "checkpoint.keras")
+    checkpoint, compiled_steps = os.path.join(output, "checkpoint.keras"), os.path.join(output, "jax_cache")
     # Without the tests' jax compilation cache: the runs keep their compiled steps in the run folder.
     unset = ["JAX_COMPILATION_CACHE_DIR"]
 
@@ -226,7 +224,7 @@ def test_a_stopped_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_u
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert "Stopped after epoch 1 of 2" in stopped.stdout
     assert not os.path.exists(os.path.join(output, "lct.keras"))
-    compiled_after_first = sorted(os.listdir(os.path.join(output, "jax_cache"))) if keras.backend.backend() == "jax" else []
+    compiled_after_first = sorted(os.listdir(compiled_steps)) if keras.backend.backend() == "jax" else []
 
     # SIGKILL as the rerun trains epoch 2: nothing runs after it; epoch 1's checkpoint is whole.
     returncode, stderr = _run_until_then(signal.SIGKILL, output, training_epoch_2, unset)
@@ -248,10 +246,10 @@ def test_a_stopped_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_u
     assert not [name for name in os.listdir(output) if name.startswith(".")]  # no temporary files left
     if keras.backend.backend() == "jax":  # the resumed run found the first run's compiled steps
         for run in (stopped, resumed):
-            assert f"compiled steps kept in {os.path.join(output, 'jax_cache')}" in run.stdout
-        assert compiled_after_first and set(compiled_after_first) <= set(os.listdir(os.path.join(output, "jax_cache")))
+            assert f"compiled steps kept in {compiled_steps}" in run.stdout
+        assert compiled_after_first and set(compiled_after_first) <= set(os.listdir(compiled_steps))
     else:
-        assert not os.path.exists(os.path.join(output, "jax_cache"))
+        assert not os.path.exists(compiled_steps)
     steps, weights = _final_weights(output)
     uninterrupted, result = uninterrupted_smoke_run
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,6 +6,7 @@ import pytest
 
 from keras_lct import backend_ops
 from keras_lct.optimizers import RAdam
+from test_backend_ops import require_a_fast_path
 
 
 def numpy_radam(theta, gradients_of, steps, lr, beta_1=0.9, beta_2=0.999, eps=1e-8, weight_decay=0.0):
@@ -30,8 +31,8 @@ def numpy_radam(theta, gradients_of, steps, lr, beta_1=0.9, beta_2=0.999, eps=1e
 @pytest.mark.parametrize("fast_paths", [True, False], ids=["fast_paths", "plain"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_radam_matches_the_algorithm(weight_decay, fast_paths):
-    if fast_paths and keras.backend.backend() != "torch":
-        pytest.skip("RAdam's multi-tensor update exists on torch only: elsewhere this is the plain case again")
+    if fast_paths:
+        require_a_fast_path("torch")  # RAdam's multi-tensor update
     target = np.array([1.0, -2.0, 3.0, 0.5])
     start = np.array([0.3, 0.1, -0.4, 2.0], "float32")
     variable = keras.Variable(start)

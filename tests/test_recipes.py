@@ -16,16 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_RECIPES = ["celeba.py", "ffhq.py", "lsun_church.py", "latent_training.py"]
 
 
-def run_recipe(script, *args, timeout=600, unset=()):
+def recipe_environment(unset=()):
+    """This process's environment for a recipe on this backend, without the variables in `unset`."""
     environment = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONUNBUFFERED="1")
     for name in unset:
         environment.pop(name, None)
+    return environment
+
+
+def run_recipe(script, *args, timeout=600, unset=()):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "recipes", script), *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment,
+        env=recipe_environment(unset),
         cwd=ROOT,
     )
 
