@@ -1,7 +1,7 @@
 """What the backend fast paths buy: the same training step with them on and off, interleaved.
 
 One process, two copies of the same model, one traced and run under
-`keras_lct.backend_ops.use_fast_paths(True)`, the other under `(False)`: steps alternate between
+`keras_lct.backend.use_fast_paths(True)`, the other under `(False)`: steps alternate between
 them on the same OT-paired batch, so both see the same machine state (this machine's timings
 drift by +-20% between runs; an interleaved ratio does not). Fast paths exist on torch (all of
 them) and tensorflow (NsLN); on jax both columns run the same code and the ratio is ~1.
@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness import mid_curriculum_model  # noqa: E402
-from keras_lct import backend_ops  # noqa: E402
+from keras_lct.backend import use_fast_paths  # noqa: E402
 from keras_lct.coupling import pair_noise  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def measure(preset, batch_size):
     for round_index in range(args.warmup + args.rounds):
         noise = pair_noise(clean, rng.standard_normal(clean.shape).astype("float32"), ot=True)
         for enabled in (True, False):
-            with backend_ops.use_fast_paths(enabled):
+            with use_fast_paths(enabled):
                 start = time.perf_counter()
                 losses[enabled] = float(models[enabled].train_on_batch(clean, noise, return_dict=True)["loss"])
                 if round_index >= args.warmup:

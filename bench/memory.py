@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=13, help="training steps per process (default: 13, as compare_step.py's OT-on run: 3 warm-up + 10 timed)")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the measured processes (default: this one)")
     parser.add_argument("--plain", action="store_true",
-                        help="run the step with keras_lct.backend_ops.use_fast_paths(False), to see what the fast paths save")
+                        help="run the step with keras_lct.backend.use_fast_paths(False), to see what the fast paths save")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--measure", nargs=2, metavar=("PRESET", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -99,7 +99,7 @@ def measure(preset, batch_size, steps, fast_paths):
     import numpy as np
 
     from harness import mid_curriculum_model
-    from keras_lct import backend_ops
+    from keras_lct.backend import use_fast_paths
     from keras_lct.data import NoisePairedDataset
 
     phases["imports"] = memory_now()
@@ -125,7 +125,7 @@ def measure(preset, batch_size, steps, fast_paths):
 
     latents = (0.5 * np.random.default_rng(1).standard_normal((steps * batch_size, 32, 32, 4))).astype("float32")
     batches = NoisePairedDataset(latents, batch_size=batch_size, ot=True, seed=0)
-    with backend_ops.use_fast_paths(fast_paths):
+    with use_fast_paths(fast_paths):
         model.fit(batches, epochs=1, verbose=0, callbacks=[PhaseRecorder()])
     record = {"backend": keras.backend.backend(), "keras": keras.__version__, "fast_paths": fast_paths, "phases": phases,
               "minor_page_faults_per_step": round(statistics.median(faults)),

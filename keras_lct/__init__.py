@@ -7,7 +7,7 @@ saved with keras-lct load with `keras.models.load_model` after `import keras_lct
 __version__ = "0.1.0"
 
 from keras_lct import analysis
-from keras_lct import backend_ops
+from keras_lct import backend
 from keras_lct import callbacks
 from keras_lct import coupling
 from keras_lct import data
@@ -19,5 +19,3 @@ from keras_lct import optimizers
 from keras_lct import saving
 from keras_lct import schedules
 from keras_lct import vae
-
-backend_ops.keep_large_allocations_on_the_heap()

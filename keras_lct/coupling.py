@@ -220,13 +220,3 @@ def _check_pair(x0, noise):
         if not is_real_dtype(batch.dtype):
             raise ValueError(f"The {name} batch has dtype {batch.dtype}; expected real numbers.")
     return x0, noise
-
-
-def __getattr__(name):
-    # `NoisePairedDataset` lived here before `keras_lct.data`; scripts written
-    # against that path (e.g. the shared step benchmark) keep working.
-    if name == "NoisePairedDataset":
-        from keras_lct.data.paired import NoisePairedDataset
-
-        return NoisePairedDataset
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,11 +22,13 @@ the same global batches, its noise OT-paired within the per-device batch.
 """
 
 import contextlib
-import os
 
 import keras
+import numpy as np
 
 from keras_lct._validation import check_int
+from keras_lct.backend import distribute as engine
+from keras_lct.data.paired import NoisePairedDataset
 
 
 class DataParallel:
@@ -75,21 +77,8 @@ class DataParallel:
 
     def barrier(self, name="barrier"):
         """Waits until every process gets here (e.g. until the chief has written a file)."""
-        if self.process_count == 1:
-            return
-        backend = keras.backend.backend()
-        if backend == "torch":
-            import torch.distributed
-
-            torch.distributed.barrier()
-        elif backend == "jax":
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(name)
-        else:
-            import tensorflow as tf
-
-            self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(1.0)), axis=None)
+        if self.process_count > 1:
+            engine.barrier(self.strategy, name)
 
     def per_replica_batch_size(self, global_batch_size):
         """`global_batch_size` / replicas; an error unless it divides evenly."""
@@ -124,79 +113,33 @@ def data_parallel(devices=None):
     Returns:
         A `DataParallel`.
     """
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return _jax_data_parallel(devices)
-    if backend == "tensorflow":
-        return _tensorflow_data_parallel(devices)
-    if backend == "torch":
-        if devices is not None:
-            raise ValueError("On torch, torchrun starts one process per device; do not pass `devices`.")
-        return _torch_data_parallel()
-    raise ValueError(f"Data parallelism is not available on the {backend!r} backend.")
+    return engine.activate(DataParallel(*engine.start(devices)))
 
 
 def current():
     """The `DataParallel` set up by `data_parallel()` in this process, or None."""
-    return _ACTIVE["run"]
+    return engine.current()
 
 
-_ACTIVE = {"run": None}
-
-
-def _activate(run):
-    _ACTIVE["run"] = run
-    return run
-
-
-def _jax_data_parallel(devices):
-    import jax
-
-    if os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES") and not jax.distributed.is_initialized():
-        keras.distribution.initialize()
-    devices = devices or keras.distribution.list_devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return _activate(DataParallel(len(devices), jax.process_index(), jax.process_count()))
-
-
-def _tensorflow_data_parallel(devices):
-    import tensorflow as tf
-
-    if devices is None and _tpu_address() is not None:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=_tpu_address())
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        strategy = tf.distribute.TPUStrategy(resolver)
-    elif devices is None and os.environ.get("TF_CONFIG"):
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    else:
-        if devices is None:
-            devices = [d.name for d in tf.config.list_logical_devices("GPU")]
-            devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
-        strategy = tf.distribute.MirroredStrategy(devices)
-    task, workers = 0, 1
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        resolver = strategy.cluster_resolver
-        task, workers = resolver.task_id, resolver.cluster_spec().num_tasks("worker")
-    return _activate(DataParallel(strategy.num_replicas_in_sync, task, workers, strategy))
-
-
-def _tpu_address():
-    return os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
-
-
-def _torch_data_parallel():
-    import torch
-    import torch.distributed as dist
-
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError(
-            "On torch, data parallelism runs one process per device under torchrun, e.g. "
-            "`torchrun --nproc-per-node=8 recipes/celeba.py --distribute`; RANK and WORLD_SIZE are not set."
+def check_fit(model, x, batch_size):
+    """Errors before training for what data parallelism cannot run: uneven batches, unsharded data, ..."""
+    if model.micro_batches_per_update() > 1 and engine.under_tf_distribute_strategy(model):
+        raise ValueError(
+            "Keras cannot accumulate gradients under a tf.distribute strategy (its optimizer's conditional "
+            "update crosses the replicas). Drop `gradient_accumulation_steps`, or train on the jax or torch "
+            "backend, where accumulation and data parallelism combine."
         )
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return _activate(DataParallel(world_size, rank, world_size))
+    run = current()
+    if run is None:
+        return
+    if isinstance(x, NoisePairedDataset):
+        if x.shard[1] != run.process_count:
+            raise ValueError(
+                f"Training runs in {run.process_count} processes, but the NoisePairedDataset is split into "
+                f"{x.shard[1]}: each process must read its own part of every batch. Pass "
+                "`shard=run.shard` (from keras_lct.distribute.data_parallel()) to NoisePairedDataset."
+            )
+        if x.batch_size is not None:
+            run.per_replica_batch_size(x.batch_size)  # its batch size is the global batch
+    elif isinstance(x, np.ndarray):
+        run.per_replica_batch_size((32 if batch_size is None else batch_size) * run.process_count)

@@ -82,6 +82,23 @@ def l2(prediction, target, c=None):
     return mean_squared_residual(prediction, target)
 
 
+
+def diffusion_loss(denoised, clean, sigma, sigma_data, low_noise, low_noise_count):
+    """The diffusion loss on the low-noise samples: sum of lambda(sigma) m over them / their count.
+
+    `m` is the per-sample mean squared residual of `denoised` to `clean` and
+    lambda(sigma) = 1 / sigma^2 + 1 / sigma_data^2, EDM's weighting (the
+    authors' code). `low_noise` is 1.0 for the samples that get the loss
+    (the lowest-noise fraction r of the grid), 0.0 for the others;
+    `low_noise_count` is the count it is normalized by (at least 1), which
+    may be that of a larger batch this one is part of.
+
+    Reference: paper section 4.3, eq. 9; `REFERENCE.md` "One consistency-training step".
+    """
+    weighting = 1.0 / ops.square(sigma) + 1.0 / sigma_data**2
+    per_sample = mean_squared_residual(denoised, clean) * weighting
+    return ops.sum(low_noise * per_sample) / ops.maximum(low_noise_count, 1.0)
+
 DISTANCES = {
     "cauchy": cauchy,
     "pseudo_huber": pseudo_huber,

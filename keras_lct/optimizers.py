@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import fast_paths
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
@@ -65,7 +65,7 @@ class RAdam(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._momentums, self._velocities = self.add_optimizer_variables(variables, ["momentum", "velocity"])
-        backend_ops.share_memory_layout(self._momentums + self._velocities, list(variables) * 2)
+        fast_paths.share_memory_layout(self._momentums + self._velocities, list(variables) * 2)
 
     def _step_factors(self, learning_rate):
         """Scalars of step t = iterations + 1: `(lr / (1 - beta_1^t),
@@ -85,10 +85,10 @@ class RAdam(keras.optimizers.Optimizer):
         return momentum_step, ops.sqrt(one_minus_beta_2_power) * rectification, rho > 5.0
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # torch: all variables in a few multi-tensor kernels (backend_ops).
-        if backend_ops.fast_paths_enabled():
+        # torch: all variables in a few multi-tensor kernels (keras_lct.backend.fast_paths).
+        if fast_paths.fast_paths_enabled():
             indices = [self._get_variable_index(variable) for variable in trainable_variables]
-            backend_ops.radam_update(
+            fast_paths.radam_update(
                 trainable_variables,
                 [self._momentums[index] for index in indices],
                 [self._velocities[index] for index in indices],

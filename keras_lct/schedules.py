@@ -232,7 +232,7 @@ def adaptive_c(num_scales, constants="paper"):
 
     Reference: paper section 4.5, eq. 11; `REFERENCE.md` "Schedules".
     """
-    slope, intercept = _adaptive_c_constants(constants)
+    slope, intercept = adaptive_c_constants(constants)
     if is_concrete(num_scales):
         check_int("num_scales", num_scales, minimum=2)
     log_intervals = ops.log(ops.cast(num_scales, "float32") - 1.0)
@@ -262,7 +262,7 @@ def dim_scaled_constants(dim, constants="paper", reference_dim=PAPER_LATENT_DIM)
 
     Reference: paper section 4.5, eq. 11; iCT (Song & Dhariwal 2023) for c0.
     """
-    slope, intercept = _adaptive_c_constants(constants)
+    slope, intercept = adaptive_c_constants(constants)
     ratio = check_int("dim", dim, minimum=1) / check_int("reference_dim", reference_dim, minimum=1)
     return float(slope), float(intercept) + 0.5 * math.log(ratio)
 
@@ -339,7 +339,8 @@ def _check_curriculum_ends(s0, s1):
     return s0, s1
 
 
-def _adaptive_c_constants(constants):
+def adaptive_c_constants(constants):
+    """eq. 11's (slope, intercept): a named pair of `ADAPTIVE_C_CONSTANTS`, or a pair of numbers or tensors."""
     if isinstance(constants, str):
         return ADAPTIVE_C_CONSTANTS[check_choice("constants", constants, ADAPTIVE_C_CONSTANTS)]
     if (

@@ -168,7 +168,7 @@ def main(dataset="custom", argv=None):
     import keras
 
     import keras_lct
-    from keras_lct import backend_ops
+    from keras_lct import backend
     from keras_lct import callbacks as lct_callbacks
     from keras_lct import data
     from keras_lct import distribute
@@ -180,7 +180,7 @@ def main(dataset="custom", argv=None):
     from keras_lct.vae import load_autoencoder
 
     # ## 0. Devices and precision.
-    compilation_cache = backend_ops.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
+    compilation_cache = backend.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
     run = distribute.data_parallel() if args.distribute else None
     chief = run is None or run.is_chief  # the one process that writes files
     say = print if chief else (lambda *a, **k: None)
@@ -275,7 +275,7 @@ def main(dataset="custom", argv=None):
         ]
     try:
         # Every Ctrl-C from here on stops the run (Python drops some, e.g. in jax's gc callback).
-        with backend_ops.interrupts_delivered(training_callbacks) as training_callbacks:
+        with backend.fit_guards.interrupts_delivered(training_callbacks) as training_callbacks:
             if initial_epoch < final_epoch:
                 say(f"Training epochs {initial_epoch + 1}-{final_epoch} of {epochs} ({updates_per_epoch} updates "
                     f"each, batch {args.batch_size}{f' in {args.accumulate} micro-batches' if args.accumulate > 1 else ''}, "

@@ -67,6 +67,6 @@ history = model.fit(batches, epochs=2, verbose=0, callbacks=[RecordShapes()])
 rank = run.process_index if run is not None else 0
 np.savez(args.output.replace(".npz", f".rank{rank}.npz"), loss=np.array(history.history["loss"]),
          training_step=keras.ops.convert_to_numpy(model.training_step),
-         num_scales=keras.ops.convert_to_numpy(model.num_scales), batch_shape=np.array(shapes[0]),
+         num_scales=keras.ops.convert_to_numpy(model.schedule.num_scales), batch_shape=np.array(shapes[0]),
          **{f"s{i}": v for i, v in enumerate(state_of(model))})
 print(f"rank {rank}: {run}, {len(shapes)} batches of {shapes[0]}")

@@ -1,4 +1,4 @@
-"""The backend fast paths (keras_lct.backend_ops) give what the plain keras.ops code gives.
+"""The backend fast paths (keras_lct.backend.fast_paths) give what the plain keras.ops code gives.
 
 On torch these compare two different computations (fused kernels, copy-free
 layouts, multi-tensor updates) against Keras' own; on tensorflow, NsLN's
@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import fast_paths
+from keras_lct.backend import process
 from keras_lct.layers import Conv2D
 from keras_lct.layers import NonScalingLayerNormalization
 from keras_lct.models import ConsistencyModel
+from keras_lct.models import MLPDenoiser
 from keras_lct.models import UNet
 from keras_lct.optimizers import RAdam
 
@@ -51,9 +53,9 @@ def value_and_gradients(fn, variables):
 
 
 def both_paths(fn, variables):
-    with backend_ops.use_fast_paths(True):
+    with fast_paths.use_fast_paths(True):
         fast = value_and_gradients(fn, variables)
-    with backend_ops.use_fast_paths(False):
+    with fast_paths.use_fast_paths(False):
         plain = value_and_gradients(fn, variables)
     return fast, plain
 
@@ -74,10 +76,10 @@ def assert_close(fast, plain, rtol=2e-5, atol=2e-6):
 
 
 def test_fast_paths_are_on_only_for_torch_and_can_be_switched_off():
-    assert backend_ops.fast_paths_enabled() == (keras.backend.backend() == "torch")
-    with backend_ops.use_fast_paths(False):
-        assert not backend_ops.fast_paths_enabled()
-    assert backend_ops.fast_paths_enabled() == (keras.backend.backend() == "torch")
+    assert fast_paths.fast_paths_enabled() == (keras.backend.backend() == "torch")
+    with fast_paths.use_fast_paths(False):
+        assert not fast_paths.fast_paths_enabled()
+    assert fast_paths.fast_paths_enabled() == (keras.backend.backend() == "torch")
 
 
 @pytest.mark.parametrize(
@@ -107,10 +109,10 @@ def test_conv2d_equals_keras_conv2d(kwargs):
 def test_nsln_has_a_fast_path_on_torch_and_tensorflow_that_can_be_switched_off():
     x = RNG.normal(size=(2, 4, 4, 3)).astype("float32")
     beta = np.zeros((4, 4, 3), "float32")
-    fast = backend_ops.layer_normalization(x, beta, 1e-5)
+    fast = fast_paths.layer_normalization(x, beta, 1e-5)
     assert (fast is not None) == (keras.backend.backend() in ("torch", "tensorflow"))
-    with backend_ops.use_fast_paths(False):
-        assert backend_ops.layer_normalization(x, beta, 1e-5) is None
+    with fast_paths.use_fast_paths(False):
+        assert fast_paths.layer_normalization(x, beta, 1e-5) is None
 
 
 @pytest.mark.parametrize("policy, tolerance", [("float32", 2e-5), ("mixed_bfloat16", 2e-2)])
@@ -178,11 +180,11 @@ def test_nested_layer_calls_skip_keras_call_on_torch_with_the_same_outputs(monke
     for variable in network.trainable_variables:
         variable.assign(0.2 * RNG.normal(size=variable.shape).astype("float32"))
     calls = counted_layer_calls(monkeypatch)
-    direct_call_context = backend_ops._direct_call_context
+    direct_call_context = fast_paths._direct_call_context
     outputs, layer_calls = {}, {}
     for direct in (True, False):
         calls.clear()
-        monkeypatch.setattr(backend_ops, "_direct_call_context", direct_call_context if direct else lambda *a: None)
+        monkeypatch.setattr(fast_paths, "_direct_call_context", direct_call_context if direct else lambda *a: None)
         outputs[direct] = ops.convert_to_numpy(ops.cast(network(inputs, training=True), "float32"))
         layer_calls[direct] = list(calls)
     assert len(layer_calls[False]) > len(network._flatten_layers(include_self=False))  # all, some twice
@@ -201,7 +203,7 @@ def test_nested_calls_take_the_training_flag_of_the_enclosing_call(training):
     for variable in network.trainable_variables:
         variable.assign(0.2 * RNG.normal(size=variable.shape).astype("float32"))
     first, second = (ops.convert_to_numpy(network(inputs, training=training)) for _ in range(2))
-    with backend_ops.use_fast_paths(False):
+    with fast_paths.use_fast_paths(False):
         plain = ops.convert_to_numpy(network(inputs, training=False))
     if training:  # dropout active in every block: two calls differ
         assert np.abs(first - second).max() > 1e-3
@@ -234,7 +236,7 @@ def test_kernels_are_stored_as_torch_convolves_them_and_their_state_follows(tmp_
     batch = RNG.normal(size=(4, 8, 8, 4)).astype("float32")
     models = {}
     for enabled in (True, False):
-        with backend_ops.use_fast_paths(enabled):
+        with fast_paths.use_fast_paths(enabled):
             models[enabled] = small_model("nsln")
             models[enabled].compile(optimizer=RAdam(1e-3, weight_decay=1e-2))
             models[enabled].train_on_batch(batch)
@@ -246,12 +248,12 @@ def test_kernels_are_stored_as_torch_convolves_them_and_their_state_follows(tmp_
     import torch
 
     def memory_order(variable):
-        return backend_ops.memory_order(variable.value)
+        return fast_paths.memory_order(variable.value)
 
     for kernel in kernels:  # (kh, kw, in, out) stored out-major: a channels_last (out, in, kh, kw) weight
         assert memory_order(kernel) == (3, 0, 1, 2)
         assert kernel.value.permute(3, 2, 0, 1).is_contiguous(memory_format=torch.channels_last)
-    for states in (stored.optimizer._momentums, stored.optimizer._velocities, stored.ema_weights[0]):
+    for states in (stored.optimizer._momentums, stored.optimizer._velocities, stored.ema.averages[0]):
         for variable in stored.network.trainable_variables:
             assert memory_order(states[stored.optimizer._get_variable_index(variable)]) == memory_order(variable)
     assert all(v.value.is_contiguous() for v in plain.network.trainable_variables)
@@ -270,14 +272,14 @@ def test_fit_steps_equal_on_both_paths():
     clean = RNG.normal(size=(8 * 4, 8, 8, 4)).astype("float32")
     results = {}
     for enabled in (True, False):
-        with backend_ops.use_fast_paths(enabled):
+        with fast_paths.use_fast_paths(enabled):
             model = small_model("nsln")
             model.compile(optimizer=RAdam(1e-3, weight_decay=1e-2))
             history = model.fit(clean, batch_size=8, epochs=2, shuffle=False, verbose=0)  # 8 steps: rho_t > 5 from 6
             results[enabled] = (
                 history.history["loss"],
                 [ops.convert_to_numpy(v) for v in model.network.trainable_variables],
-                [ops.convert_to_numpy(v) for v in model.ema_weights[0]],
+                [ops.convert_to_numpy(v) for v in model.ema.averages[0]],
             )
     (fast_loss, fast_weights, fast_ema), (plain_loss, plain_weights, plain_ema) = results[True], results[False]
     np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-4)
@@ -290,7 +292,7 @@ class _NumberedBatches(keras.utils.PyDataset):
         return 2
 
     def __getitem__(self, index):
-        return np.full((4, 3), index, "float32"), np.zeros((4, 1), "float32")
+        return np.full((4, 3), index, "float32")
 
 
 def _page_faults_of_large_buffers(count=20, size=4 << 20):
@@ -307,10 +309,10 @@ def test_large_allocations_stay_on_the_heap_after_fit_reads_a_py_dataset():
     # On tensorflow, fit turns a PyDataset into a generator dataset, whose first
     # iterator froze malloc's mmap threshold at 128 KiB: every 4 MiB buffer was
     # then mapped and faulted in anew (1,024 faults each); on the heap it is reused.
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse")
+    model = ConsistencyModel(MLPDenoiser(3, width=8), ema_decays=())
+    model.compile(optimizer="sgd")
     model.fit(_NumberedBatches(), epochs=1, verbose=0)
     faults = _page_faults_of_large_buffers()
     assert faults < 2 * (4 << 20) // 4096, f"{faults} page faults for 20 reused 4 MiB buffers"
-    pinned = backend_ops.keep_large_allocations_on_the_heap()
+    pinned = process.keep_large_allocations_on_the_heap()
     assert pinned is (keras.backend.backend() == "tensorflow")

@@ -188,14 +188,14 @@ def test_num_scales_and_c_inside_the_step_follow_the_schedule(tmp_path):
     model = toy_model()
     assert_logs_follow_schedule(fit_and_record(model, 25, total_steps), 0, total_steps)
     assert int(model.training_step) == 25
-    assert int(model.num_scales) == 41
+    assert int(model.schedule.num_scales) == 41
     # A second fit continues the schedule from the model's own step.
     assert_logs_follow_schedule(fit_and_record(model, 10, total_steps, "authors_code"), 25, total_steps, "authors_code")
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = keras.models.load_model(path)
     assert int(restored.training_step) == 35
-    assert float(restored.robustness_c) == pytest.approx(float(model.robustness_c))
+    assert float(restored.schedule.robustness_c) == pytest.approx(float(model.schedule.robustness_c))
     assert_logs_follow_schedule(fit_and_record(restored, 12, total_steps, "authors_code"), 35, total_steps, "authors_code")
 
 
@@ -208,7 +208,7 @@ def test_steps_per_execution_keeps_the_schedule():
     model.compile(optimizer="adam", steps_per_execution=4)
     fit_and_record(model, 24, 70)
     assert int(model.training_step) == 24
-    assert int(model.num_scales) == expected_schedule(23, 70)[0]
+    assert int(model.schedule.num_scales) == expected_schedule(23, 70)[0]
 
 
 def test_ema_tracks_the_online_weights_and_keeps_them_apart():
@@ -216,10 +216,10 @@ def test_ema_tracks_the_online_weights_and_keeps_them_apart():
     initial = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
     fit_and_record(model, 6, 70)
     online = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
-    fast, slow = ([ops.convert_to_numpy(v) for v in averages] for averages in model.ema_weights)
+    fast, slow = ([ops.convert_to_numpy(v) for v in averages] for averages in model.ema.averages)
     change = lambda weights: sum(np.abs(w - i).sum() for w, i in zip(weights, initial))
     assert 0 < change(slow) < change(fast) < change(online)
-    with model.ema_weights_in_network(0.9):
+    with model.ema.weights_in_network(0.9):
         inside = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
     for a, b in zip(inside, slow):
         np.testing.assert_array_equal(a, b)
@@ -238,7 +238,7 @@ def test_sampling_steps_ts_and_determinism():
     assert not np.allclose(one, two) and not np.allclose(two, three)
     # 1 step is f(sigma_max z, sigma_max) with z from NumPy's generator.
     z = np.random.default_rng(1).standard_normal((8, 2), dtype=np.float32)
-    with model.ema_weights_in_network():
+    with model.ema.weights_in_network():
         expected = ops.convert_to_numpy(model.denoise(80.0 * z, 80.0))
     np.testing.assert_allclose(one, expected, rtol=1e-5, atol=1e-6)
 
@@ -314,8 +314,8 @@ KILL_AT = {kill_at}
 def state(model):
     return dict(
         step=int(model.training_step), iterations=int(model.optimizer.iterations),
-        num_scales=int(model.num_scales), c=float(model.robustness_c),
-        ema=float(sum(np.abs(ops.convert_to_numpy(v)).sum() for v in model.ema_weights[0])),
+        num_scales=int(model.schedule.num_scales), c=float(model.schedule.robustness_c),
+        ema=float(sum(np.abs(ops.convert_to_numpy(v)).sum() for v in model.ema.averages[0])),
         optimizer=float(sum(np.abs(ops.convert_to_numpy(v)).sum() for v in model.optimizer.variables)),
     )
 
@@ -427,7 +427,7 @@ def test_trains_under_mixed_bfloat16():
     assert model.network.compute_dtype == "bfloat16"
     history = model.fit(mixture(64), batch_size=16, epochs=2, verbose=0, callbacks=[callbacks.ExpCurriculum(8), callbacks.AdaptiveC()])
     assert all(np.isfinite(history.history["loss"]))
-    assert all(v.dtype == "float32" for v in model.ema_weights[0])
+    assert all(v.dtype == "float32" for v in model.ema.averages[0])
     samples = model.sample(8, seed=0)
     assert samples.dtype == np.float32 and np.all(np.isfinite(samples))
 
@@ -468,8 +468,8 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
     assert int(resumed.training_step) == 8
     resumed.fit(NoisePairedDataset(data, batch_size=16, seed=2), epochs=4, initial_epoch=2, verbose=0, callbacks=schedule())
 
-    assert int(resumed.num_scales) == int(straight.num_scales) and int(resumed.optimizer.iterations) == 16
-    assert float(resumed.robustness_c) == pytest.approx(float(straight.robustness_c))
+    assert int(resumed.schedule.num_scales) == int(straight.schedule.num_scales) and int(resumed.optimizer.iterations) == 16
+    assert float(resumed.schedule.robustness_c) == pytest.approx(float(straight.schedule.robustness_c))
     pairs = list(zip(resumed.weights, straight.weights)) + list(
         zip(resumed.optimizer.variables, straight.optimizer.variables)
     )

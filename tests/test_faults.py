@@ -234,7 +234,7 @@ def test_a_stopped_killed_then_interrupted_recipe_resumes_to_the_weights_of_an_u
 
     # One Ctrl-C as the next rerun trains epoch 2 stops it with exit 130. It stops in epoch 2's first
     # batch, or at its end when the interrupt landed in a garbage-collector callback, which drops it,
-    # and `fit` delivered it again there (backend_ops.interrupts_delivered).
+    # and `fit` delivered it again there (keras_lct.backend.fit_guards.interrupts_delivered).
     returncode, stderr = _run_until_then(signal.SIGINT, output, training_epoch_2, unset)
     assert returncode == 130 and re.search(r"Interrupted at step [56];", stderr), stderr[-3000:]
     assert not os.path.exists(os.path.join(output, "lct.keras"))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_lct import backend_ops
+from keras_lct.backend import use_fast_paths
 from keras_lct.optimizers import RAdam
 from test_backend_ops import require_a_fast_path
 
@@ -39,7 +39,7 @@ def test_radam_matches_the_algorithm(weight_decay, fast_paths):
     optimizer = RAdam(learning_rate=0.05, weight_decay=weight_decay)
     for _ in range(12):  # rho_t > 5 from step 6 on: both branches run
         gradient = 2 * (keras.ops.convert_to_numpy(variable) - target)
-        with backend_ops.use_fast_paths(fast_paths):
+        with use_fast_paths(fast_paths):
             optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient.astype("float32")), variable)])
     expected = numpy_radam(start, lambda theta: 2 * (theta - target), 12, 0.05, weight_decay=weight_decay)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, rtol=1e-5, atol=1e-6)

@@ -72,7 +72,7 @@ def test_smoke_run_goes_from_images_to_a_model(uninterrupted_smoke_run):
 
     model = keras.models.load_model(output / "lct.keras")
     assert int(model.training_step) == 10 and int(model.optimizer.iterations) == 10
-    assert int(model.num_scales) > 11  # the curriculum went on over the epochs
+    assert int(model.schedule.num_scales) > 11  # the curriculum went on over the epochs
     assert model.latent_normalization.autoencoder_fingerprint is not None
     assert all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
 

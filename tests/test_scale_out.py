@@ -48,7 +48,7 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
 
     assert int(accumulated.training_step) == int(whole.training_step) == 2
     assert int(accumulated.optimizer.iterations) == 2
-    assert int(accumulated.num_scales) == int(whole.num_scales) == 21
+    assert int(accumulated.schedule.num_scales) == int(whole.schedule.num_scales) == 21
     for value, expected in zip(state_of(accumulated), state_of(whole), strict=True):
         np.testing.assert_allclose(value, expected, rtol=2e-4, atol=2e-6)
     assert np.isfinite(history.history["loss"]).all()
@@ -112,15 +112,3 @@ def test_mixed_precision_trains_like_float32(policy, float32_run):
     np.testing.assert_allclose(losses, reference_losses, rtol=0.05)
     np.testing.assert_allclose(denoising_error(model), denoising_error(reference), rtol=0.05)
 
-
-def test_files_saved_before_the_micro_batch_counter_existed_still_load():
-    saved = tiny_model(RAdam(1e-3))
-    saved.micro_batch.assign(3)
-    own = saved._trainable_variables + saved._non_trainable_variables
-    assert own[-1] is saved.micro_batch
-    old_store = {str(i): keras.ops.convert_to_numpy(v) for i, v in enumerate(own[:-1])}  # without the counter
-    loaded = tiny_model(RAdam(1e-3))
-    loaded.load_own_variables(old_store)
-    for value, variable in zip(old_store.values(), loaded._trainable_variables + loaded._non_trainable_variables):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), value)
-    assert int(loaded.micro_batch) == 0

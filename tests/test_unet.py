@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import use_fast_paths
 from keras_lct import layers
 from keras_lct.callbacks import ExpCurriculum
 from keras_lct.data import NoisePairedDataset
@@ -81,7 +81,7 @@ def test_mixed_bfloat16_with_float32_attention(monkeypatch):
     monkeypatch.setattr(blocks.ops, "softmax", recording_softmax)
     x = np.random.default_rng(2).normal(size=(2, 8, 8, 2)).astype("float32")
     # The plain path (torch's fused attention casts to float32 before its kernel).
-    with backend_ops.use_fast_paths(False):
+    with use_fast_paths(False):
         out = unet([x, np.array([0.0, 500.0], "float32")])
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert np.all(np.isfinite(ops.convert_to_numpy(ops.cast(out, "float32"))))

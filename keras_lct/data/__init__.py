@@ -5,7 +5,9 @@
 - `keras_lct.data.latents`: encoding to a memory-mapped latent cache with its
   statistics (`build_latent_cache`, `LatentCache`) and the normalization
   `x = (z / s - mean) / std * 0.5` (`LatentNormalization`);
-- `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches.
+- `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches;
+- `keras_lct.data.checks`: the checks of what `fit` receives (`check_samples`,
+  `checked_batches`).
 
 Reference: paper sections 4.4 and 5.1; `REFERENCE.md` "Latents".
 """
@@ -26,6 +28,6 @@ from keras_lct.data.latents import NormalizedLatents
 from keras_lct.data.latents import build_latent_cache
 from keras_lct.data.latents import denormalize_latents
 from keras_lct.data.latents import normalize_latents
+from keras_lct.data.checks import check_samples
+from keras_lct.data.checks import checked_batches
 from keras_lct.data.paired import NoisePairedDataset
-from keras_lct.data.paired import check_samples
-from keras_lct.data.paired import checked_batches

@@ -5,11 +5,11 @@ import math
 import keras
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import fast_paths
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class PositionalEmbedding(backend_ops.DirectNestedCall, keras.layers.Layer):
+class PositionalEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Sinusoidal embedding of a scalar per sample (the noise label c_noise).
 
     `[cos(x f_0), ..., cos(x f_{n-1}), sin(x f_0), ..., sin(x f_{n-1})]` with
@@ -58,7 +58,7 @@ class PositionalEmbedding(backend_ops.DirectNestedCall, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class FourierEmbedding(backend_ops.DirectNestedCall, keras.layers.Layer):
+class FourierEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Random Fourier features of a scalar per sample (NCSN++ / iCT's embedding).
 
     `[cos(2 pi x f), sin(2 pi x f)]` with fixed frequencies f ~ N(0, scale^2),

@@ -3,11 +3,11 @@
 import keras
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import fast_paths
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class NonScalingLayerNormalization(backend_ops.DirectNestedCall, keras.layers.Layer):
+class NonScalingLayerNormalization(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Non-scaling LayerNorm (NsLN): LayerNorm over every feature axis, no scale.
 
     `NsLN(x) = (x - mean(x)) / sqrt(var(x) + eps) + beta`, with the mean and
@@ -48,7 +48,7 @@ class NonScalingLayerNormalization(backend_ops.DirectNestedCall, keras.layers.La
         )
 
     def call(self, inputs):
-        fused = backend_ops.layer_normalization(inputs, self.beta, self.epsilon)
+        fused = fast_paths.layer_normalization(inputs, self.beta, self.epsilon)
         if fused is not None:
             return ops.cast(fused, self.compute_dtype)
         x = ops.cast(inputs, "float32")

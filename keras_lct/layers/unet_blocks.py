@@ -11,7 +11,7 @@ import math
 import keras
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct.backend import fast_paths
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 
@@ -25,17 +25,17 @@ def fan_in_initializer(fan_in, zero=False):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
+class Conv2D(fast_paths.DirectNestedCall, keras.layers.Conv2D):
     """`keras.layers.Conv2D` that convolves channels_last data on torch without copies.
 
     Keras' torch convolution copies each channels_last input to NCHW and its
     output back; this layer hands torch a permuted view instead (an NCHW
     tensor in channels_last memory, which oneDNN convolves natively) and fuses
     the bias; its kernel is stored in the memory order torch convolves with
-    (same shape and values; `backend_ops.store_for_convolution`). Same
+    (same shape and values; `fast_paths.store_for_convolution`). Same
     arguments, weights and results as `keras.layers.Conv2D`; other backends,
     channels_first data and strided 'same' convolutions run Keras' own code.
-    See `keras_lct.backend_ops`.
+    See `keras_lct.backend.fast_paths`.
 
     Example:
     >>> conv = Conv2D(64, 3, padding="same")
@@ -44,11 +44,11 @@ class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
-        backend_ops.store_for_convolution(self.kernel)
+        fast_paths.store_for_convolution(self.kernel)
 
     def call(self, inputs):
         if self.data_format == "channels_last" and self.groups == 1:
-            outputs = backend_ops.conv2d(
+            outputs = fast_paths.conv2d(
                 inputs,
                 self.kernel,
                 self.bias if self.use_bias else None,
@@ -76,20 +76,20 @@ def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, stri
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Dense(backend_ops.DirectNestedCall, keras.layers.Dense):
+class Dense(fast_paths.DirectNestedCall, keras.layers.Dense):
     """`keras.layers.Dense`, called without Keras' per-call work from within a block on torch.
 
     Same arguments, weights and results as `keras.layers.Dense`; see
-    `keras_lct.backend_ops.DirectNestedCall`.
+    `keras_lct.backend.fast_paths.DirectNestedCall`.
     """
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Dropout(backend_ops.DirectNestedCall, keras.layers.Dropout):
+class Dropout(fast_paths.DirectNestedCall, keras.layers.Dropout):
     """`keras.layers.Dropout`, called without Keras' per-call work from within a block on torch.
 
     Same arguments and results as `keras.layers.Dropout`; see
-    `keras_lct.backend_ops.DirectNestedCall`.
+    `keras_lct.backend.fast_paths.DirectNestedCall`.
     """
 
 
@@ -105,7 +105,7 @@ def dense(units, fan_in, name=None, dtype=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class Resample2D(backend_ops.DirectNestedCall, keras.layers.Layer):
+class Resample2D(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Fixed [1, 1]-filter resampling: 2x2 average pooling or nearest x2 upsampling.
 
     Args:
@@ -129,7 +129,7 @@ class Resample2D(backend_ops.DirectNestedCall, keras.layers.Layer):
         self.mode = mode
 
     def call(self, inputs):
-        fast = backend_ops.resample_2x(inputs, self.mode)
+        fast = fast_paths.resample_2x(inputs, self.mode)
         if fast is not None:
             return fast
         if self.mode == "down":
@@ -148,7 +148,7 @@ class Resample2D(backend_ops.DirectNestedCall, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class AttentionBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
+class AttentionBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Residual multi-head self-attention over the pixels of a feature map.
 
     `x + proj(softmax(q k^T / sqrt(C / heads)) v)` with q, k, v from a 1x1
@@ -200,7 +200,7 @@ class AttentionBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
         qkv = self.qkv(self.norm_layer(inputs))
         qkv = ops.reshape(qkv, (batch, height * width, self.num_heads, head_channels, 3))
         query, key, value = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-        attended = backend_ops.dot_product_attention(query, key, value)
+        attended = fast_paths.dot_product_attention(query, key, value)
         if attended is None:
             logits = ops.einsum("bqhc,bkhc->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32"))
             weights = ops.softmax(logits / math.sqrt(head_channels), axis=-1)
@@ -227,7 +227,7 @@ class AttentionBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
-class UNetBlock(backend_ops.DirectNestedCall, keras.layers.Layer):
+class UNetBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
     """The ADM residual block with adaptive scale-shift, optional resampling and attention.
 
     `h = conv0(resample(SiLU(norm0(x))))`; `scale, shift = Dense(emb)`;

@@ -2,29 +2,41 @@
 
 The training objective (paper sections 3 and 4.2-4.5, `REFERENCE.md` "One
 consistency-training step") is written once, in `compute_loss`, with
-`keras.ops`; it runs unchanged under every backend's `fit`.
+`keras.ops`; it runs unchanged under every backend's `fit`. The model's
+other parts live in modules named for them: the schedules' state
+(`schedule_state`), the weight averages (`ema`), the sampler (`sampler`),
+the checks of what `fit` receives (`keras_lct.data.checks`) and the
+backends' parts (`keras_lct.backend`).
 """
 
-import contextlib
-import math
 import types
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_lct import backend_ops
+from keras_lct import distribute
 from keras_lct import losses
 from keras_lct import schedules
+from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_choice
 from keras_lct._validation import check_float_data
 from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
-from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_seed
-
-TWO_STEP_LEVEL = (440, 641)  # REFERENCE.md "Sampling": CelebA-HQ's 2-step level.
+from keras_lct.backend import distribute as engine
+from keras_lct.backend import fast_paths
+from keras_lct.backend import fit_guards
+from keras_lct.backend import process
+from keras_lct.data import checks
+from keras_lct.data.paired import NoisePairedDataset
+from keras_lct.models import sampler
+from keras_lct.models.ema import WeightAverages
+from keras_lct.models.ema import check_decay
+from keras_lct.models.schedule_state import ScheduleState
+from keras_lct.models.schedule_state import model_state_variable
+from keras_lct.models.unet import UNet
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
@@ -62,7 +74,7 @@ class ConsistencyModel(keras.Model):
     ||f(x_t, t) - x0||^2 on the lowest-noise fraction `diffusion_fraction` of
     the grid. The discretization N and the robustness scale c are model
     state, updated inside the compiled step from the model's own step
-    counter: set their schedules with the callbacks
+    counter (`model.schedule`): set their schedules with the callbacks
     `keras_lct.callbacks.ExpCurriculum` and `keras_lct.callbacks.AdaptiveC`.
 
     Batches: `fit(x)` with clean samples x0 draws independent Gaussian noise
@@ -87,6 +99,10 @@ class ConsistencyModel(keras.Model):
             the static shape of the timestep distribution.
         ema_decays: decays of the exponential moving averages of the weights
             kept for sampling (default `(0.99993,)`; `()` keeps none).
+        two_step_level: the second noise level of `sample(steps=2)`: a grid
+            position `(index, num_scales)` of the Karras grid (default
+            `(440, 641)`, ~0.369, the authors' level on CelebA-HQ; LSUN
+            Church uses 420) or a noise level. Saved with the model.
         sigma_min, sigma_max, sigma_data, rho: the noise process.
         p_mean, p_std: the lognormal timestep distribution.
         seed: seed of the training noise and timesteps (an int).
@@ -130,6 +146,7 @@ class ConsistencyModel(keras.Model):
         c=None,
         max_num_scales=schedules.CURRICULUM_S1 + 1,
         ema_decays=(0.99993,),
+        two_step_level=sampler.TWO_STEP_LEVEL,
         sigma_min=schedules.SIGMA_MIN,
         sigma_max=schedules.SIGMA_MAX,
         sigma_data=schedules.SIGMA_DATA,
@@ -160,7 +177,7 @@ class ConsistencyModel(keras.Model):
                 f"({max_num_scales})."
             )
         self.initial_c = None if c is None else check_positive("c", c)
-        self.ema_decays = tuple(_check_decay(decay) for decay in ema_decays)
+        self.ema_decays = tuple(check_decay(decay) for decay in ema_decays)
         if len(set(self.ema_decays)) != len(self.ema_decays):
             raise ValueError(f"`ema_decays` has repeated values: {ema_decays}.")
         # Validates the grid once; the step reuses these.
@@ -169,6 +186,8 @@ class ConsistencyModel(keras.Model):
         self.sigma_max = float(sigma_max)
         self.sigma_data = check_positive("sigma_data", sigma_data)
         self.rho = float(rho)
+        sampler.two_step_sigma(two_step_level, self.sigma_min, self.sigma_max, self.rho)
+        self.two_step_level = tuple(two_step_level) if isinstance(two_step_level, (tuple, list)) else float(two_step_level)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
         self.seed = check_seed("seed", seed, maximum=MAX_SEED)
@@ -183,14 +202,12 @@ class ConsistencyModel(keras.Model):
         self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
         self.num_scales_tracker = LatestValue(name="num_scales")
         self.robustness_c_tracker = LatestValue(name="c")
-        self.supports_jit = backend_ops.step_can_be_jit_compiled()
+        self.supports_jit = fit_guards.step_can_be_jit_compiled()
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
         data_shape = _data_shape(input_shape)
         if isinstance(self.network, str):
-            from keras_lct.models.unet import UNet
-
             self.network = UNet.from_preset(
                 self.network,
                 img_resolution=data_shape[1],
@@ -208,58 +225,17 @@ class ConsistencyModel(keras.Model):
                 )
         self._build_network(data_shape)
         self.data_dim = int(np.prod(self.data_shape))
-        c0 = self.initial_c or schedules.ict_c0(self.data_dim)
-        state = {
-            "training_step": ("int32", 0),
-            "num_scales": ("int32", self.initial_num_scales),
-            "robustness_c": ("float32", c0),
-            # Curriculum (eq. 10): stage length K' (0: N fixed) and s0, s1.
-            "curriculum_stage_length": ("int32", 0),
-            "curriculum_s0": ("int32", schedules.CURRICULUM_S0),
-            "curriculum_s1": ("int32", schedules.CURRICULUM_S1),
-            # Robustness scale: c0 and eq. 11's constants (adaptive when enabled).
-            "c0": ("float32", c0),
-            "adaptive_c_enabled": ("int32", 0),
-            "adaptive_c_slope": ("float32", schedules.ADAPTIVE_C_CONSTANTS["paper"][0]),
-            "adaptive_c_intercept": ("float32", schedules.ADAPTIVE_C_CONSTANTS["paper"][1]),
-        }
-        for name, (dtype, value) in state.items():
-            variable = self.add_weight(
-                shape=(),
-                dtype=dtype,
-                initializer=keras.initializers.Constant(value),
-                trainable=False,
-                aggregation="only_first_replica",  # every replica holds the same state
-                name=name,
-            )
-            setattr(self, name, variable)
-        self.ema_weights = [
-            [
-                self.add_weight(
-                    shape=variable.shape,
-                    dtype=variable.dtype,
-                    initializer=keras.initializers.Constant(ops.convert_to_numpy(variable)),
-                    trainable=False,
-                    aggregation="only_first_replica",
-                    name=f"ema_{_decay_label(decay)}_{index}",
-                )
-                for index, variable in enumerate(self.network.trainable_variables)
-            ]
-            for decay in self.ema_decays
-        ]
-        for averages in self.ema_weights:
-            backend_ops.share_memory_layout(averages, self.network.trainable_variables)
-        # Last, so that files saved before it existed still load (`load_own_variables`).
-        self.micro_batch = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, aggregation="only_first_replica",
-            name="micro_batch",
+        self.training_step = model_state_variable(self, "training_step", "int32", 0)
+        self.schedule = ScheduleState(
+            self,
+            num_scales=self.initial_num_scales,
+            c0=self.initial_c or schedules.ict_c0(self.data_dim),
+            max_num_scales=self.max_num_scales,
+            data_dim=self.data_dim,
         )
+        self.ema = WeightAverages(self, self.network.trainable_variables, self.ema_decays)
+        self.micro_batch = model_state_variable(self, "micro_batch", "int32", 0)
         self.built = True
-
-    def load_own_variables(self, store):
-        if len(store.keys()) == len(self._trainable_variables + self._non_trainable_variables) - 1:
-            store = dict({key: store[key] for key in store.keys()}, **{str(len(store.keys())): np.int32(0)})
-        super().load_own_variables(store)
 
     def _build_network(self, data_shape):
         x = keras.KerasTensor((None,) + tuple(data_shape[1:]))
@@ -310,12 +286,15 @@ class ConsistencyModel(keras.Model):
 
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        x, y = self._check_batch(x, y)
+        check_float_data(keras.backend.standardize_dtype(x.dtype), "The training batch")
+        x = checks.check_training_batch(x, self.data_shape)
+        if y is not None:
+            y = checks.check_training_batch(y, self.data_shape, "noise batch")
         clean = ops.cast(x, "float32")
         step = ops.convert_to_tensor(self.training_step)
-        num_scales, robustness_c = self._schedule(step)
+        num_scales, robustness_c = self.schedule.at(step)
         micro_batch, micro_batches = self._micro_batch_position()
-        replica, replicas = backend_ops.replica_position()
+        replica, replicas = engine.replica_position()
         # This batch is one of `shares` equal parts of the update's batch (micro-batches x replicas).
         shares = micro_batches * replicas
         share = micro_batch * replicas + replica
@@ -324,27 +303,22 @@ class ConsistencyModel(keras.Model):
         next_t = self._sigma(index + 1, num_scales)
 
         student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
-        with backend_ops.no_gradient():
+        with fast_paths.no_gradient():
             target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
-
         # Normalized by the low-noise count of the whole update, so that the mean over its
         # shares is the loss of one step on the whole batch.
-        update_low_noise_count = ops.sum(self._low_noise(update_index, num_scales))
-        diffusion_weighting = 1.0 / ops.square(t) + 1.0 / self.sigma_data**2
-        diffusion_per_sample = losses.mean_squared_residual(student, clean) * diffusion_weighting
-        diffusion_loss = (
-            ops.sum(self._low_noise(index, num_scales) * diffusion_per_sample)
-            * shares
-            / ops.maximum(update_low_noise_count, 1.0)
+        diffusion_loss = shares * losses.diffusion_loss(
+            student, clean, t, self.sigma_data,
+            low_noise=self._low_noise(index, num_scales),
+            low_noise_count=ops.sum(self._low_noise(update_index, num_scales)),
         )
-
         total = consistency_loss + self.diffusion_weight * diffusion_loss
         if self.losses:
             total = total + ops.sum(self.losses)
 
-        with backend_ops.after([total]):
+        with fit_guards.after([total]):
             self.consistency_loss_tracker.update_state(consistency_loss)
             self.diffusion_loss_tracker.update_state(diffusion_loss)
             self.num_scales_tracker.update_state(num_scales)
@@ -352,37 +326,14 @@ class ConsistencyModel(keras.Model):
             if training:
                 # N, c, the EMA and the step count optimizer updates, not micro-batches.
                 if micro_batches == 1:
-                    self._update_ema()
+                    self.ema.update()
                     self.training_step.assign(step + 1)
                 else:
-                    self._update_ema(first_micro_batch=ops.equal(micro_batch, 0))
+                    self.ema.update(first_micro_batch=ops.equal(micro_batch, 0))
                     self.training_step.assign(step + ops.cast(ops.equal(micro_batch, micro_batches - 1), "int32"))
                     self.micro_batch.assign(ops.mod(micro_batch + 1, micro_batches))
-                self.num_scales.assign(num_scales)
-                self.robustness_c.assign(robustness_c)
-        return backend_ops.scaled_for_replica_sum(total)
-
-    def _check_batch(self, x, noise):
-        """Shape and dtype checks of a training batch, when the step is traced (or run eagerly)."""
-        check_float_data(keras.backend.standardize_dtype(x.dtype), "The training batch")
-        checked = []
-        for name, batch in (("batch", x), ("noise batch", noise)):
-            checked.append(batch)
-            if batch is None:
-                continue
-            message = (
-                f"This ConsistencyModel was built for samples of shape {self.data_shape}; the {name} "
-                f"has samples of shape {tuple(batch.shape[1:])} (batch shape {tuple(batch.shape)}). "
-                "Pass data of the built shape, or build a new model for this one."
-            )
-            shape = tuple(batch.shape[1:])
-            if len(shape) != len(self.data_shape) or any(
-                size is not None and size != expected for size, expected in zip(shape, self.data_shape)
-            ):
-                raise ValueError(message)
-            if None in shape:  # known only when the step runs
-                checked[-1] = backend_ops.check_sample_shape(batch, self.data_shape, message)
-        return tuple(checked)
+                self.schedule.record(num_scales, robustness_c)
+        return engine.scaled_for_replica_sum(total)
 
     def _training_draws(self, clean, noise, step, num_scales, share=0, shares=1):
         """The noise z (unless given) and grid indices i of training step `step`.
@@ -420,85 +371,32 @@ class ConsistencyModel(keras.Model):
         threshold = ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32"))
         return ops.cast(ops.cast(index, "float32") >= threshold, "float32")
 
-    def _micro_batch_position(self):
-        """(index of this micro-batch in its update, micro-batches per update) under gradient accumulation."""
+    def micro_batches_per_update(self):
+        """The micro-batches of one optimizer update (the optimizer's `gradient_accumulation_steps`, or 1)."""
         optimizer = getattr(self, "optimizer", None)  # None, or absent on torch, before compile
         optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        micro_batches = getattr(optimizer, "gradient_accumulation_steps", None)
-        if not micro_batches:
+        return getattr(optimizer, "gradient_accumulation_steps", None) or 1
+
+    def _micro_batch_position(self):
+        """(index of this micro-batch in its update, micro-batches per update) under gradient accumulation."""
+        micro_batches = self.micro_batches_per_update()
+        if micro_batches == 1:
             return 0, 1
         return ops.convert_to_tensor(self.micro_batch), micro_batches
 
     def _sigma(self, index, num_scales):
         return schedules.karras_sigma(index, num_scales, self.sigma_min, self.sigma_max, self.rho)
 
-    def _schedule(self, step):
-        """N and c at `step`, from the schedule state set by the callbacks."""
-        stage_length = ops.convert_to_tensor(self.curriculum_stage_length)
-        s0 = ops.convert_to_tensor(self.curriculum_s0)
-        curriculum_n = schedules.curriculum_num_scales(step, stage_length, s0, self.curriculum_s1.value)
-        num_scales = ops.where(stage_length > 0, curriculum_n, self.num_scales.value)
-        num_scales = ops.minimum(num_scales, self.max_num_scales)
-        c0 = ops.convert_to_tensor(self.c0)
-        adaptive = schedules.robustness_c(
-            num_scales, c0, s0, (self.adaptive_c_slope.value, self.adaptive_c_intercept.value)
-        )
-        robustness_c = ops.where(self.adaptive_c_enabled.value > 0, adaptive, c0)
-        return num_scales, robustness_c
-
-    def _update_ema(self, first_micro_batch=None):
-        # At the start of step k the EMA folds in the weights step k starts from:
-        # under gradient accumulation, at its first micro-batch (a decay of 1 elsewhere).
-        for decay, averages in zip(self.ema_decays, self.ema_weights):
-            if first_micro_batch is not None:
-                decay = ops.where(first_micro_batch, decay, 1.0)
-            if backend_ops.exponential_moving_average(averages, self.network.trainable_variables, decay):
-                continue
-            for average, variable in zip(averages, self.network.trainable_variables):
-                average.assign(decay * average + (1.0 - decay) * ops.stop_gradient(ops.convert_to_tensor(variable)))
-
     # ------------------------------------------------------- schedule state
     def set_curriculum(self, total_steps=None, s0=schedules.CURRICULUM_S0, s1=schedules.CURRICULUM_S1):
-        """Sets eq. 10's curriculum for N; `total_steps=None` freezes N.
-
-        Args:
-            total_steps: K, the planned number of training steps, or None to
-                keep N at its current value.
-            s0, s1: the initial and final number of intervals.
-        """
+        """Sets eq. 10's curriculum for N (`model.schedule.set_curriculum`); `total_steps=None` freezes N."""
         self._require_built("set_curriculum")
-        if total_steps is None:
-            self.curriculum_stage_length.assign(0)
-            return
-        stage_length = schedules.curriculum_stage_length(total_steps, s0, s1)
-        if s1 + 1 > self.max_num_scales:
-            raise ValueError(
-                f"`s1` + 1 = {s1 + 1} exceeds the model's `max_num_scales` "
-                f"({self.max_num_scales}); build the model with a larger max_num_scales."
-            )
-        self.curriculum_stage_length.assign(stage_length)
-        self.curriculum_s0.assign(s0)
-        self.curriculum_s1.assign(s1)
+        self.schedule.set_curriculum(total_steps, s0, s1)
 
     def set_robustness_schedule(self, c0=None, constants="paper"):
-        """Sets c: `c0` until N > s0 + 1, then eq. 11 with `constants`.
-
-        Args:
-            c0: the initial scale; None for iCT's 0.00054 sqrt(d).
-            constants: `"paper"`, `"authors_code"`, a (slope, intercept) pair,
-                or None to keep c = c0 throughout (iCT).
-        """
+        """Sets c: `c0`, then eq. 11 with `constants` (`model.schedule.set_robustness_schedule`)."""
         self._require_built("set_robustness_schedule")
-        c0 = schedules.ict_c0(self.data_dim) if c0 is None else check_positive("c0", c0)
-        self.c0.assign(c0)
-        self.robustness_c.assign(c0)
-        if constants is None:
-            self.adaptive_c_enabled.assign(0)
-            return
-        slope, intercept = schedules._adaptive_c_constants(constants)
-        self.adaptive_c_slope.assign(float(slope))
-        self.adaptive_c_intercept.assign(float(intercept))
-        self.adaptive_c_enabled.assign(1)
+        self.schedule.set_robustness_schedule(c0, constants)
 
     def _require_built(self, method):
         if not self.built:
@@ -507,39 +405,9 @@ class ConsistencyModel(keras.Model):
                 "`model.build((None, *data_shape))` or fit it on data."
             )
 
-    # ------------------------------------------------------------ EMA weights
-    @contextlib.contextmanager
-    def ema_weights_in_network(self, decay=None):
-        """Context in which the network holds the EMA weights of `decay`.
-
-        Args:
-            decay: one of `ema_decays`; None for the first one.
-        """
-        self._require_built("ema_weights_in_network")
-        averages = self.ema_weights[self._ema_index(decay)]
-        variables = self.network.trainable_variables
-        # Copies, not shared buffers: JAX donates every variable to the step.
-        online = [ops.copy(variable.value) for variable in variables]
-        for variable, average in zip(variables, averages):
-            variable.assign(ops.copy(average.value))
-        try:
-            yield self.network
-        finally:
-            for variable, value in zip(variables, online):
-                variable.assign(value)
-
-    def _ema_index(self, decay):
-        if not self.ema_decays:
-            raise ValueError("This model keeps no EMA weights (`ema_decays=()`); sample with `ema=False`.")
-        if decay is None:
-            return 0
-        if decay not in self.ema_decays:
-            raise ValueError(f"No EMA with decay {decay!r}; the model keeps {list(self.ema_decays)}.")
-        return self.ema_decays.index(decay)
-
     # ---------------------------------------------------------------- sampling
     def sample(self, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0):
-        """Draws samples with 1, 2 or more network evaluations.
+        """Draws samples with 1, 2 or more network evaluations (`keras_lct.models.sampler`).
 
         `x = f(sigma_max z, sigma_max)`; then for every further level s of
         `ts`: `x = f(x + sqrt(s^2 - sigma_min^2) z', s)`.
@@ -547,8 +415,7 @@ class ConsistencyModel(keras.Model):
         Args:
             num_samples: how many samples to draw (>= 1).
             steps: number of network evaluations when `ts` is None: 1, or 2
-                (second level: level 440 of a 641-level grid, ~0.369, as the
-                authors use on CelebA-HQ).
+                (the second at the model's `two_step_level`).
             ts: strictly decreasing noise levels in [sigma_min, sigma_max],
                 overriding `steps`, e.g. `[80.0, 0.8, 0.2]`.
             seed: int seed of the NumPy noise (the same samples on every
@@ -564,51 +431,28 @@ class ConsistencyModel(keras.Model):
         Reference: `REFERENCE.md` "Sampling"; paper table 1 (1 and 2 NFE).
         """
         self._require_built("sample")
-        num_samples = check_int("num_samples", num_samples, minimum=1)
-        batch_size = check_int("batch_size", batch_size, minimum=1)
-        levels = self._sampling_levels(steps, ts)
-        rng = np.random.default_rng(check_seed("seed", seed, allow_none=True))
-        shape = (num_samples,) + self.data_shape
-        if ema is False or (ema is True and not self.ema_decays):
-            weights = contextlib.nullcontext()
-        else:
-            weights = self.ema_weights_in_network(None if ema is True else ema)
-        with weights:
-            x = levels[0] * rng.standard_normal(shape, dtype=np.float32)
-            x = self._denoise_numpy(x, levels[0], batch_size, verbose)
-            for level in levels[1:]:
-                x = x + math.sqrt(level**2 - self.sigma_min**2) * rng.standard_normal(shape, dtype=np.float32)
-                x = self._denoise_numpy(x, level, batch_size, verbose)
-        return x
+        return sampler.sample(self, num_samples, steps, ts, seed, batch_size, ema, verbose)
 
-    def _denoise_numpy(self, x, sigma, batch_size, verbose):
-        sigmas = np.full((x.shape[0],), sigma, dtype=np.float32)
-        return np.asarray(self.predict([x, sigmas], batch_size=batch_size, verbose=verbose), dtype=np.float32)
-
-    def _sampling_levels(self, steps, ts):
-        if ts is None:
-            steps = check_int("steps", steps, minimum=1)
-            if steps == 1:
-                return [self.sigma_max]
-            if steps == 2:
-                return [self.sigma_max, float(self._sigma(*TWO_STEP_LEVEL))]
-            raise ValueError(
-                f"`steps` must be 1 or 2 when `ts` is not given; received {steps}. "
-                "Pass the noise levels as `ts` for more steps."
-            )
-        levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
-        if not levels:
-            raise ValueError("`ts` must hold at least one noise level.")
-        if any(not np.isfinite(level) or not self.sigma_min <= level <= self.sigma_max for level in levels):
-            raise ValueError(
-                f"`ts` must lie in [sigma_min, sigma_max] = [{self.sigma_min}, {self.sigma_max}]; received {levels}."
-            )
-        if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
-            raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
-        return levels
-
-    # ---------------------------------------------------------- input checks
-    def fit(self, x=None, y=None, *args, **kwargs):
+    # ---------------------------------------------------------------- fit
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        verbose="auto",
+        callbacks=None,
+        validation_split=0.0,
+        validation_data=None,
+        shuffle=None,
+        class_weight=None,
+        sample_weight=None,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_steps=None,
+        validation_batch_size=None,
+        validation_freq=1,
+    ):
         """`keras.Model.fit`, with checks and the epoch sync of paired batches.
 
         Arrays and tensors are checked for NaN/inf before the first step, and the
@@ -618,41 +462,39 @@ class ConsistencyModel(keras.Model):
         and batches of another sample shape than the model's are refused. A
         `keras_lct.data.NoisePairedDataset` gets its `epoch_callback()`
         added, so its noise and order follow fit's epochs (and resume
-        exactly with `initial_epoch`), and `shuffle` defaults to False: the
-        dataset shuffles its samples itself, keyed by (seed, epoch), whereas
-        fit's shuffle of the batch order draws from Python's global random
-        state, which a resumed run does not share. A Ctrl-C stops `fit` with
-        `KeyboardInterrupt` by the end of the batch it arrives in, even where
-        Python would drop it (`backend_ops.interrupts_delivered`).
+        exactly with `initial_epoch`), and `shuffle` defaults to False for
+        it (True otherwise, as in Keras): the dataset shuffles its samples
+        itself, keyed by (seed, epoch), whereas fit's shuffle of the batch
+        order draws from Python's global random state, which a resumed run
+        does not share. A Ctrl-C stops `fit` with `KeyboardInterrupt` by the
+        end of the batch it arrives in, even where Python would drop it
+        (`keras_lct.backend.fit_guards.interrupts_delivered`).
         """
-        from keras_lct.data.paired import NoisePairedDataset
-        from keras_lct.data.paired import check_samples
-        from keras_lct.data.paired import checked_batches
-        from keras_lct.data.paired import is_tensor
-        from keras_lct.data.paired import to_numpy
-
+        process.keep_large_allocations_on_the_heap()
         for array in (x, y):
-            if isinstance(array, np.ndarray) or is_tensor(array):
-                check_samples(to_numpy(array))
-        checked = checked_batches(x)
+            if isinstance(array, np.ndarray) or checks.is_tensor(array):
+                checks.check_samples(checks.to_numpy(array))
+        checked = checks.checked_batches(x)
         if checked is not x and isinstance(checked, types.GeneratorType) and not isinstance(x, types.GeneratorType):
-            kwargs.setdefault("steps_per_epoch", len(x))  # a torch DataLoader, now read pass after pass
-        x = checked
-        args = list(args)
-        callbacks = list((args[3] if len(args) > 3 else kwargs.get("callbacks")) or [])  # after batch_size, epochs, verbose
-        _check_distributed_fit(self, x, args[0] if args else kwargs.get("batch_size"))
-        if isinstance(x, NoisePairedDataset):
-            if not any(getattr(callback, "dataset", None) is x for callback in callbacks):
-                callbacks.insert(0, x.epoch_callback())
-            if len(args) < 7:  # `shuffle` is the 7th argument after x and y
-                kwargs.setdefault("shuffle", False)
-        with backend_ops.interrupts_delivered(callbacks) as callbacks:
-            if len(args) > 3:
-                args[3] = callbacks
-            else:
-                kwargs["callbacks"] = callbacks
-            with backend_ops.state_kept_through_fit(self), backend_ops.gradients_averaged_over_processes(self):
-                return super().fit(x, y, *args, **kwargs)
+            steps_per_epoch = steps_per_epoch or len(x)  # a torch DataLoader, now read pass after pass
+        callbacks = list(callbacks or [])
+        if isinstance(x, NoisePairedDataset) and not any(getattr(c, "dataset", None) is x for c in callbacks):
+            callbacks.insert(0, x.epoch_callback())
+        if shuffle is None:
+            shuffle = not isinstance(x, NoisePairedDataset)
+        distribute.check_fit(self, x, batch_size)
+        with (
+            fit_guards.interrupts_delivered(callbacks) as callbacks,
+            fit_guards.state_kept_through_fit(self),
+            engine.gradients_averaged_over_processes(self),
+        ):
+            return super().fit(
+                checked, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                validation_split=validation_split, validation_data=validation_data, shuffle=shuffle,
+                class_weight=class_weight, sample_weight=sample_weight, initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                validation_batch_size=validation_batch_size, validation_freq=validation_freq,
+            )
 
     # ----------------------------------------------------------- serialization
     def get_compile_config(self):
@@ -677,6 +519,9 @@ class ConsistencyModel(keras.Model):
                 "c": self.initial_c,
                 "max_num_scales": self.max_num_scales,
                 "ema_decays": list(self.ema_decays),
+                "two_step_level": (
+                    list(self.two_step_level) if isinstance(self.two_step_level, tuple) else self.two_step_level
+                ),
                 "sigma_min": self.sigma_min,
                 "sigma_max": self.sigma_max,
                 "sigma_data": self.sigma_data,
@@ -701,33 +546,6 @@ class ConsistencyModel(keras.Model):
         return cls(**config)
 
 
-def _check_distributed_fit(model, x, batch_size):
-    """Errors before training for what data parallelism cannot run: uneven batches, unsharded data, ..."""
-    from keras_lct import distribute
-    from keras_lct.data.paired import NoisePairedDataset
-
-    if model._micro_batch_position()[1] > 1 and backend_ops.under_tf_distribute_strategy(model):
-        raise ValueError(
-            "Keras cannot accumulate gradients under a tf.distribute strategy (its optimizer's conditional "
-            "update crosses the replicas). Drop `gradient_accumulation_steps`, or train on the jax or torch "
-            "backend, where accumulation and data parallelism combine."
-        )
-    run = distribute.current()
-    if run is None:
-        return
-    if isinstance(x, NoisePairedDataset):
-        if x.shard[1] != run.process_count:
-            raise ValueError(
-                f"Training runs in {run.process_count} processes, but the NoisePairedDataset is split into "
-                f"{x.shard[1]}: each process must read its own part of every batch. Pass "
-                "`shard=run.shard` (from keras_lct.distribute.data_parallel()) to NoisePairedDataset."
-            )
-        if x.batch_size is not None:
-            run.per_replica_batch_size(x.batch_size)  # its batch size is the global batch
-    elif isinstance(x, np.ndarray):
-        run.per_replica_batch_size((32 if batch_size is None else batch_size) * run.process_count)
-
-
 def _per_sample(values, like):
     """Reshapes a (batch,) vector to broadcast against `like`."""
     return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
@@ -743,13 +561,3 @@ def _data_shape(input_shape):
             f"rank >= 2; received shape {input_shape}."
         )
     return input_shape
-
-
-def _check_decay(decay):
-    if not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-        raise ValueError(f"Every EMA decay must be a number in [0, 1); received {decay!r} in `ema_decays`.")
-    return float(decay)
-
-
-def _decay_label(decay):
-    return f"{decay:.10f}".rstrip("0").replace(".", "p")

@@ -1,4 +1,4 @@
-"""Backend-specific fast paths of the training step, in one place.
+"""The torch fast paths of the training step: kernels, memory layouts, direct nested calls.
 
 Everything else in keras-lct is written once with `keras.ops`, and that code
 stays the reference. The functions here compute the same values on the torch
@@ -24,7 +24,7 @@ tensor per layer instead of two, which lowers the step's peak memory.
   backward call copies them; their optimizer and EMA state follow.
 - `DirectNestedCall`: a mixin of the layers of `keras_lct.layers` by which
   a call from within another layer's call goes straight to `call` where
-  Keras' `Layer.__call__` would only repeat its per-call work (~50 µs).
+  Keras' `Layer.__call__` would only repeat its per-call work (~50 us).
 - `exponential_moving_average`, `radam_update`: the EMA and RAdam updates of
   all variables in a few multi-tensor (`torch._foreach_*`) kernels instead of
   a handful of ops per variable (RAdam group by group, each group small
@@ -32,35 +32,10 @@ tensor per layer instead of two, which lowers the step's peak memory.
 
 `use_fast_paths(False)` switches all of them off (the tests check that both
 paths give the same loss, gradients and updates).
-
-One process-wide setting is also here, `keep_large_allocations_on_the_heap`:
-tensorflow's first generator dataset (every `PyDataset` that `fit` reads on
-tensorflow becomes one) sets glibc's trim threshold to 128 KiB, which freezes
-malloc's mmap threshold at its initial 128 KiB, so every activation of every
-step is then mapped, page-faulted in and unmapped again: the step on a
-`NoisePairedDataset` ran at half speed. Importing keras-lct on tensorflow
-restores glibc's steady state once, before any dataset is read.
-
-The backend-specific parts of the training step's reliability are here too:
-`state_kept_through_fit` (jax: the state survives a failed first step),
-`interrupts_delivered` (jax: a Ctrl-C is not lost in its garbage-collector
-callback), `after` (tensorflow: state updates run only once the loss exists,
-so a batch that never arrived leaves the step counter and EMA alone) and
-`check_sample_shape` (tensorflow: a run-time shape check that gates the batch,
-for sample shapes unknown when the step is traced). `step_can_be_jit_compiled`
-says where `jit_compile=True` can compile the step (not torch: torch.compile).
-
-And data parallelism's backend parts: `replica_position` (which part of an
-update this replica computes), `scaled_for_replica_sum` (tensorflow sums the
-replicas' gradients), `gradients_averaged_over_processes` (torch under
-torchrun, which Keras' released torch backend does not cover).
 """
 
 import contextlib
-import ctypes
 import functools
-import signal
-import sys
 import threading
 
 import keras
@@ -68,249 +43,6 @@ from keras import ops
 from keras.src.backend.common import global_state  # Keras' call context and autocast scope (DirectNestedCall)
 
 _STATE = threading.local()
-
-# glibc's mallopt parameters, and the ceiling its dynamic mmap threshold grows
-# to on 64-bit systems (its trim threshold follows at twice the mmap threshold).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 32 * 1024 * 1024
-_TRIM_THRESHOLD = 2 * _MMAP_THRESHOLD
-
-
-def after(tensors):
-    """Context whose (stateful) ops run only once `tensors` are computed.
-
-    On tensorflow, a graph runs every op whose inputs are ready, so a step
-    whose batch fails to arrive (an error in the input pipeline) would still
-    apply the state updates that do not read the batch, such as the step
-    counter. On jax and torch the step does not start without its batch, and
-    this is a no-op.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext()
-    import tensorflow as tf
-
-    return tf.control_dependencies(tensors)
-
-
-def step_can_be_jit_compiled():
-    """Whether `compile(jit_compile=True)` can compile the training step here.
-
-    Not on torch (Keras 3.15, torch 2.13): torch.compile's dynamo recompiles at
-    every UNet block's name scope, and inductor fails on the channels_last
-    convolution's strides (docs/benchmarks.md). A model that reports False as
-    its `supports_jit` gets Keras' warning and runs eagerly instead.
-    """
-    return keras.backend.backend() != "torch"
-
-
-@contextlib.contextmanager
-def state_kept_through_fit(model):
-    """Context around `fit` that keeps the model's state when the first step fails (jax).
-
-    Keras' jax `fit` takes the state out of the variables for the compiled
-    step and puts back that of the last completed step however `fit` ends;
-    but when the first step failed (a bad batch, Ctrl-C while compiling)
-    there is no such state and the variables stayed empty. This keeps
-    references to the arrays `fit` starts from (no copies: they stay alive
-    until a step completes) and puts them back then. Other backends keep
-    their variables and need nothing.
-    """
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)  # as fit would, so its state is kept too
-    optimizer_variables = list(model.optimizer.variables) if model.optimizer is not None else []
-    variables = model.trainable_variables + model.non_trainable_variables + optimizer_variables + model.metrics_variables
-    kept = [(variable, variable.value) for variable in variables]
-    try:
-        yield
-    except BaseException:
-        for variable, value in kept:
-            if variable._value is None and not value.is_deleted():
-                variable.assign(value)
-        raise
-
-
-class _DeliverLostInterrupt(keras.callbacks.Callback):
-    """Raises, after the batch, a Ctrl-C whose `KeyboardInterrupt` was swallowed."""
-
-    def __init__(self, pending):
-        super().__init__()
-        self.pending = pending
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.pending:
-            self.pending.clear()
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def interrupts_delivered(callbacks):
-    """Context around `fit` in which every Ctrl-C stops it; yields the callbacks to pass.
-
-    Python raises `KeyboardInterrupt` in whatever Python code runs next, and
-    when that is a garbage-collector callback or a `__del__` the exception is
-    printed ("Exception ignored in ...") and dropped. jax registers such a
-    callback (`_xla_gc_callback`) that runs on every collection, so during
-    `fit` a Ctrl-C was often lost and training went on. Here the interrupt is
-    raised as usual and also noted; one that was dropped is raised again at
-    the end of the current batch (by a callback appended to `callbacks`), or
-    as `fit` returns. A SIGINT handler set by the program, or `fit` outside
-    the main thread, is left alone.
-    """
-    callbacks = list(callbacks or [])
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield callbacks
-        return
-    pending = []
-
-    def note_and_raise(signal_number, frame):
-        pending.append(signal_number)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, note_and_raise)
-    try:
-        yield callbacks + [_DeliverLostInterrupt(pending)]
-    except KeyboardInterrupt:
-        pending.clear()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if pending:
-        raise KeyboardInterrupt
-
-
-def replica_position():
-    """(index, count) of this replica among those that compute one update together.
-
-    tensorflow under a `tf.distribute` strategy: the replica context's id (a
-    tensor in the step) and `num_replicas_in_sync`. torch under
-    `keras_lct.distribute.data_parallel` (torchrun): the process rank and
-    world size. Otherwise, and on jax, whose `DataParallel` step is one
-    program over global arrays: (0, 1).
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            return ops.cast(context.replica_id_in_sync_group, "int32"), context.num_replicas_in_sync
-    processes = _torch_processes()
-    if processes is not None:
-        return processes.process_index, processes.process_count
-    return 0, 1
-
-
-def _torch_processes():
-    """The `keras_lct.distribute.DataParallel` of torch ranks training one model, or None."""
-    if keras.backend.backend() != "torch":
-        return None
-    from keras_lct import distribute  # here: distribute imports this module
-
-    run = distribute.current()
-    return run if run is not None and run.process_count > 1 else None
-
-
-def under_tf_distribute_strategy(model):
-    """Whether `model` was made in a `tf.distribute` strategy's scope (tensorflow)."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return model.distribute_strategy is not tf.distribute.get_strategy() or tf.distribute.has_strategy()
-
-
-def scaled_for_replica_sum(loss):
-    """`loss` divided by the replica count where the replicas' gradients are summed (tensorflow)."""
-    if keras.backend.backend() != "tensorflow":
-        return loss
-    import tensorflow as tf
-
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss / replicas if replicas > 1 else loss
-
-
-@contextlib.contextmanager
-def gradients_averaged_over_processes(model):
-    """Context around `fit` for torch in a process group: one model trained by all ranks.
-
-    Broadcasts rank 0's variables (weights, EMA and schedule state), then
-    averages every gradient over the processes (`torch.distributed.all_reduce`)
-    as soon as backward has produced it, before the optimizer reads it: every
-    rank applies the same update. A no-op outside a process group and on
-    other backends, whose engines do this themselves.
-    """
-    processes = _torch_processes()
-    if processes is None:
-        yield
-        return
-    world_size = processes.process_count
-    import torch
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for variable in model.variables:
-            dist.broadcast(_in_memory_order(variable.value), src=0)
-
-    def average(parameter):
-        dist.all_reduce(_in_memory_order(parameter.grad))
-        parameter.grad.div_(world_size)
-
-    hooks = [variable.value.register_post_accumulate_grad_hook(average) for variable in model.trainable_variables]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def memory_order(tensor):
-    """The dimensions of a torch tensor, from the slowest to the fastest varying in memory."""
-    return tuple(sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim)))
-
-
-def _in_memory_order(tensor):
-    """A dense torch tensor as a contiguous view (NCCL's collectives take only contiguous tensors)."""
-    return tensor.permute(memory_order(tensor))
-
-
-def check_sample_shape(batch, sample_shape, message):
-    """`batch`, checked to hold samples of `sample_shape` when the step runs; raises `message` if not.
-
-    For a batch traced with unknown sample dimensions (tensorflow reading a
-    PyDataset whose first batches differ in shape): the returned batch
-    depends on the check, so the error names the batch's shape before any
-    layer sees it. Elsewhere the shapes are known when the step is traced
-    and checked then; the batch is returned as it is.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return batch
-    import tensorflow as tf
-
-    check = tf.debugging.assert_equal(tf.shape(batch)[1:], tf.constant(sample_shape), message=message.replace(
-        f"{tuple(batch.shape[1:])} (batch shape {tuple(batch.shape)})", "(given below)"))
-    with tf.control_dependencies([check]):
-        return tf.identity(batch)
-
-
-def keep_compiled_steps(folder):
-    """On jax, makes `folder` jax's persistent compilation cache unless one is configured; returns the cache.
-
-    A resumed run then loads its compiled steps instead of compiling them again: less time, and
-    less peak memory (docs/benchmarks.md "Memory"). None on the other backends.
-    """
-    if keras.backend.backend() != "jax":
-        return None
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", folder)
-    return jax.config.jax_compilation_cache_dir
 
 
 def _switched_on():
@@ -328,7 +60,7 @@ def use_fast_paths(enabled=True):
 
     Example:
     ```python
-    with keras_lct.backend_ops.use_fast_paths(False):
+    with keras_lct.backend.use_fast_paths(False):
         loss = model.compute_loss(x)        # the plain keras.ops code
     ```
     """
@@ -384,6 +116,11 @@ def store_for_convolution(kernel):
     parameter.data = parameter.data.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
 
 
+def memory_order(tensor):
+    """The dimensions of a torch tensor, from the slowest to the fastest varying in memory."""
+    return tuple(sorted(range(tensor.dim()), key=lambda dim: -tensor.stride(dim)))
+
+
 def share_memory_layout(variables, references):
     """Gives each variable the memory layout of its reference of the same shape (torch).
 
@@ -416,7 +153,7 @@ class DirectNestedCall:
 
     Example:
     ```python
-    class Conv2D(backend_ops.DirectNestedCall, keras.layers.Conv2D):
+    class Conv2D(fast_paths.DirectNestedCall, keras.layers.Conv2D):
         pass  # first base: its `__call__` comes before Keras'
     ```
     """
@@ -613,30 +350,3 @@ def _cache_sized_groups(tensors, group_bytes=1 << 20):
             start, size = index + 1, 0
     if start < len(tensors):
         yield slice(start, len(tensors))
-
-
-@functools.cache
-def keep_large_allocations_on_the_heap():
-    """Undoes tensorflow's malloc setting for generator datasets, once per process.
-
-    On the tensorflow backend under glibc (Linux), starts one empty generator
-    dataset, which is when tensorflow applies its setting (once per process),
-    then sets malloc's mmap and trim thresholds to the values glibc itself
-    settles at under large allocations (32 and 64 MiB). Elsewhere it does
-    nothing. `import keras_lct` calls it.
-
-    Returns:
-        True when the thresholds were set, False when nothing was done.
-    """
-    if keras.backend.backend() != "tensorflow" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    import tensorflow as tf
-
-    empty = tf.data.Dataset.from_generator(lambda: iter(()), output_signature=tf.TensorSpec((), tf.int32))
-    for _ in empty:
-        pass
-    return mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
