@@ -27,6 +27,7 @@ from keras_lct import schedules
 from keras_lct._io import atomic_path
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
+from keras_lct.models.consistency import ConsistencyModel
 
 INNER_FENCE_IQRS = 1.5
 OUTER_FENCE_IQRS = 3.0
@@ -161,8 +162,6 @@ def td_values(model, x0, num_scales=21, seed=0, batch_size=256, max_values=None)
 
     Reference: paper section 4.1, fig. 1 (right column).
     """
-    from keras_lct.models.consistency import ConsistencyModel
-
     if not isinstance(model, ConsistencyModel):
         raise ValueError(f"`model` must be a keras_lct.models.ConsistencyModel; received {type(model).__name__}.")
     num_scales = check_int("num_scales", num_scales, minimum=2)

@@ -18,11 +18,10 @@ from keras_lct._io import atomic_path
 from keras_lct._validation import check_seed
 from keras_lct._validation import finite_samples
 from keras_lct.data.images import images_to_uint8
+from keras_lct.models.consistency import ConsistencyModel
 
 
 def _require_consistency_model(callback):
-    from keras_lct.models.consistency import ConsistencyModel
-
     model = callback.model
     if not isinstance(model, ConsistencyModel):
         raise ValueError(

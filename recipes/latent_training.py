@@ -188,9 +188,6 @@ def main(dataset="custom", argv=None):
         f"{f' ({run})' if run else ''}: {DATASETS[dataset]['title']} -> {args.output}"
         f"{f'; compiled steps kept in {compilation_cache}' if compilation_cache else ''}")
     keras.config.set_dtype_policy(args.mixed_precision)
-    if run is not None and args.accumulate > 1 and keras.backend.backend() == "tensorflow":
-        raise SystemExit("error: --accumulate with --distribute needs the jax or torch backend: Keras cannot "
-                         "accumulate gradients under a tf.distribute strategy.")
     micro_batch_size = args.batch_size // args.accumulate
     if run is not None:
         run.per_replica_batch_size(micro_batch_size)  # an error now, not in the first step

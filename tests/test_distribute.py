@@ -17,6 +17,7 @@ import pytest
 
 import keras_lct
 from keras_lct import distribute
+from keras_lct.backend import distribute as engine
 from keras_lct.data import NoisePairedDataset
 from test_bad_input import DATA
 from test_bad_input import built_model
@@ -85,9 +86,9 @@ def test_bad_shards_are_refused(shard):
 
 @pytest.fixture
 def three_devices():
-    distribute._activate(distribute.DataParallel(num_replicas=3))
+    engine.activate(distribute.DataParallel(num_replicas=3))
     yield
-    distribute._activate(None)
+    engine.activate(None)
 
 
 def test_a_global_batch_that_does_not_split_over_the_devices_is_refused_before_training(three_devices):
@@ -100,12 +101,12 @@ def test_a_global_batch_that_does_not_split_over_the_devices_is_refused_before_t
 
 
 def test_several_processes_need_a_sharded_dataset():
-    distribute._activate(distribute.DataParallel(num_replicas=2, process_index=0, process_count=2))
+    engine.activate(distribute.DataParallel(num_replicas=2, process_index=0, process_count=2))
     try:
         with pytest.raises(ValueError, match="shard=run.shard"):
             built_model().fit(NoisePairedDataset(DATA, batch_size=8), epochs=1, verbose=0)
     finally:
-        distribute._activate(None)
+        engine.activate(None)
 
 
 def test_data_parallel_describes_its_split():
