@@ -11,7 +11,7 @@ The pairing runs in NumPy with POT (`ot.emd`), outside the compiled training
 step: `keras_lct.data.NoisePairedDataset` applies it to every batch it hands
 to `model.fit`.
 
-Reference: paper section 4.4; `REFERENCE.md` "Minibatch OT".
+Reference: paper section 4.4; `docs/reference.md` "Minibatch OT".
 """
 
 import functools

@@ -17,7 +17,7 @@ serializable `keras.losses.Loss` classes whose `c` may be a `keras.Variable`
 updated during training. Inputs of any float dtype (float16, bfloat16, ...)
 are computed in float32.
 
-Reference: paper section 4.2, eq. 6-8 and fig. 2; `REFERENCE.md` "One
+Reference: paper section 4.2, eq. 6-8 and fig. 2; `docs/reference.md` "One
 consistency-training step".
 """
 
@@ -93,7 +93,7 @@ def diffusion_loss(denoised, clean, sigma, sigma_data, low_noise, low_noise_coun
     `low_noise_count` is the count it is normalized by (at least 1), which
     may be that of a larger batch this one is part of.
 
-    Reference: paper section 4.3, eq. 9; `REFERENCE.md` "One consistency-training step".
+    Reference: paper section 4.3, eq. 9; `docs/reference.md` "One consistency-training step".
     """
     weighting = 1.0 / ops.square(sigma) + 1.0 / sigma_data**2
     per_sample = mean_squared_residual(denoised, clean) * weighting

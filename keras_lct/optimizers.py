@@ -33,7 +33,7 @@ class RAdam(keras.optimizers.Optimizer):
     model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
     ```
 
-    Reference: `REFERENCE.md` "Training setup" (RAdam, lr 1e-4, weight decay
+    Reference: `docs/reference.md` "Training setup" (RAdam, lr 1e-4, weight decay
     1e-4 coupled, betas (0.9, 0.999)).
     """
 

@@ -9,7 +9,7 @@ Reference:
 - Paper section 3 (Karras grid, preconditioning of eq. 2, lognormal timesteps
   and the 1 / (t_{i+1} - t_i) weighting of iCT).
 - Paper section 4.5, eq. 10 (exponential curriculum) and eq. 11 (adaptive c).
-- `REFERENCE.md` "Noise process and parameterization" and "Schedules".
+- `docs/reference.md` "Noise process and parameterization" and "Schedules".
 """
 
 import math
@@ -61,7 +61,7 @@ def karras_sigma(index, num_scales, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rh
     >>> float(karras_sigma(0, 11))
     80.0
 
-    Reference: paper section 3; `REFERENCE.md` "Noise process".
+    Reference: paper section 3; `docs/reference.md` "Noise process and parameterization".
     """
     _check_grid(num_scales, sigma_min, sigma_max, rho)
     fraction = ops.cast(index, "float32") / (ops.cast(num_scales, "float32") - 1.0)
@@ -106,7 +106,7 @@ def lognormal_index_probabilities(
         float32 vector of `size` probabilities summing to 1.
 
     Reference: iCT's lognormal timestep sampling, paper section 3;
-    `REFERENCE.md` "One consistency-training step".
+    `docs/reference.md` "One consistency-training step".
     """
     if size is None:
         size = check_int("num_scales", num_scales, minimum=2) - 1
@@ -148,7 +148,7 @@ def consistency_weight(t, next_t):
 
     `t` is the noisier level (student) and `next_t < t` the target's level.
 
-    Reference: paper section 3; `REFERENCE.md` "One consistency-training step".
+    Reference: paper section 3; `docs/reference.md` "One consistency-training step".
     """
     return 1.0 / (ops.cast(t, "float32") - ops.cast(next_t, "float32"))
 
@@ -230,7 +230,7 @@ def adaptive_c(num_scales, constants="paper"):
     Returns:
         float32 scalar tensor.
 
-    Reference: paper section 4.5, eq. 11; `REFERENCE.md` "Schedules".
+    Reference: paper section 4.5, eq. 11; `docs/reference.md` "Schedules".
     """
     slope, intercept = adaptive_c_constants(constants)
     if is_concrete(num_scales):
@@ -305,7 +305,7 @@ def precondition(sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
     Returns:
         `(c_skip, c_out, c_in, c_noise)`, float32 tensors shaped like `sigma`.
 
-    Reference: paper eq. 2; `REFERENCE.md` "Noise process and parameterization".
+    Reference: paper eq. 2; `docs/reference.md` "Noise process and parameterization".
     """
     check_positive("sigma_data", sigma_data)
     check_positive("sigma_min", sigma_min)

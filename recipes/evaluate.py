@@ -5,7 +5,7 @@
         --inception-weights weights/pt_inception-2015-12-05-6726825d.pth \\
         --vgg16-weights weights/vgg16.pt --steps 2 --output runs/celeba/evaluation_2step.json
 
-The protocol (REFERENCE.md "Evaluation"): --num-samples samples (50,000, as in the paper) with 1
+The protocol (docs/reference.md "Evaluation"): --num-samples samples (50,000, as in the paper) with 1
 or 2 network evaluations and the EMA weights, decoded by the VAE to uint8 images; FID between the
 pytorch-fid Inception features (pool3, 2048-d) of the samples and of the real images; improved
 precision and recall (Kynkaenniemi et al. 2019, k = 3) on NVIDIA's VGG16 features. Samples are
@@ -23,14 +23,14 @@ Nothing is downloaded. The two feature networks run on PyTorch whatever the Kera
 The Inception network comes from torch-fidelity (pip install torch-fidelity, or with --no-deps
 where no torchvision matching torch can be installed). Writes a JSON report (--output).
 
-Reference: paper table 1; REFERENCE.md "Evaluation"; docs/metrics.md.
+Reference: paper table 1; docs/reference.md "Evaluation"; docs/metrics.md.
 """
 
 import argparse
 import os
 import time
 
-K_NEAREST = 3  # the neighbourhood size of the paper's recall (REFERENCE.md "Evaluation")
+K_NEAREST = 3  # the neighbourhood size of the paper's recall (docs/reference.md "Evaluation")
 
 
 def parse_args(argv=None):
@@ -193,7 +193,7 @@ def main(argv=None):
             f"weights), decoded by the VAE to {resolution}x{resolution} uint8 images. FID: Frechet distance of the "
             "pytorch-fid Inception pool3 features (2048-d, TF1 bilinear resize to 299) to the reference statistics. "
             f"Precision/recall: Kynkaenniemi et al. 2019, k = {K_NEAREST}, on NVIDIA's VGG16 features "
-            "(StyleGAN2-ADA vgg16.pt) of the samples and the reference images. REFERENCE.md 'Evaluation'."
+            "(StyleGAN2-ADA vgg16.pt) of the samples and the reference images. docs/reference.md 'Evaluation'."
         ),
         "notes": notes,
     }

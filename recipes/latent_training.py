@@ -29,7 +29,7 @@ compilation (60-80 s for the paper's network on an H100; the smoke run goes from
 ~50 s to ~26 s) and the compiler's memory (a quarter of the peak for the tiny and
 small UNets on a CPU, docs/benchmarks.md "Memory").
 
-Reference: paper section 5.1; REFERENCE.md "Training setup", "Latents".
+Reference: paper section 5.1; docs/reference.md "Training setup", "Latents".
 """
 
 import argparse
@@ -39,7 +39,7 @@ import math
 import os
 import sys
 
-# The paper's settings per data set (REFERENCE.md "Training setup"); every one
+# The paper's settings per data set (docs/reference.md "Training setup"); every one
 # can be overridden on the command line.
 DATASETS = {
     "custom": dict(title="your images", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),

@@ -9,7 +9,7 @@ folder, an LDM/SD checkpoint, or a `.keras` autoencoder), and a different one is
 PNG grid (`--out`), one PNG per image (`--out-dir`), or both. Works on any backend, whatever backend the
 model was trained on; with the same --seed the samples are the same on every backend.
 
-Reference: paper table 1 (1 and 2 NFE); REFERENCE.md "Sampling".
+Reference: paper table 1 (1 and 2 NFE); docs/reference.md "Sampling".
 """
 
 import argparse

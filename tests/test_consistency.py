@@ -65,7 +65,7 @@ def test_fit_learns_a_known_distribution():
 
 
 def numpy_objective(model, clean, noise, index, num_scales, c, distance):
-    """The objective of REFERENCE.md computed in numpy from raw network outputs."""
+    """The objective of docs/reference.md computed in numpy from raw network outputs."""
     sigmas = schedules_numpy_grid(num_scales)
     t, next_t = sigmas[index], sigmas[index + 1]
 

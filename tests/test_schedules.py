@@ -41,7 +41,7 @@ def test_karras_sigma_is_elementwise_in_index_and_num_scales():
     n = np.array([11, 11, 21, 641])
     expected = [reference_sigmas(k)[i] for i, k in zip(index, n)]
     np.testing.assert_allclose(numpy_of(schedules.karras_sigma(index, n)), expected, rtol=2e-5)
-    # The 2-step sampling level of REFERENCE.md: grid level 440 of 641 ~ 0.369.
+    # The 2-step sampling level of docs/reference.md: grid level 440 of 641 ~ 0.369.
     assert expected[-1] == pytest.approx(0.369, abs=1e-3)
 
 
@@ -58,7 +58,7 @@ def test_lognormal_probabilities_match_erf_formula_and_sum_to_one(n):
     assert probabilities.shape == (n - 1,)
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(probabilities, reference_lognormal(n), rtol=1e-3, atol=1e-7)
-    # The erf form of REFERENCE.md, independently.
+    # The erf form of docs/reference.md, independently.
     log_sigmas = np.log(reference_sigmas(n))
     erf = special.erf((log_sigmas - (-1.1)) / (math.sqrt(2) * 2.0))
     mass = erf[:-1] - erf[1:]

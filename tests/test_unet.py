@@ -17,7 +17,7 @@ from keras_lct.models import ConsistencyModel
 from keras_lct.models import UNet
 from keras_lct.optimizers import RAdam
 
-# REFERENCE.md: trainable parameters of the authors' network (NsLN / GroupNorm).
+# docs/reference.md: trainable parameters of the authors' network (NsLN / GroupNorm).
 PUBLISHED_COUNTS = {"tiny": (2.04e6, 1.37e6), "small": (26.34e6, 24.13e6), "celeba256": (158.36e6, 151.33e6)}
 MICRO = dict(img_resolution=8, in_channels=2, out_channels=2, model_channels=64, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
 

@@ -9,7 +9,7 @@
 - `keras_lct.data.checks`: the checks of what `fit` receives (`check_samples`,
   `checked_batches`).
 
-Reference: paper sections 4.4 and 5.1; `REFERENCE.md` "Latents".
+Reference: paper sections 4.4 and 5.1; `docs/reference.md` "Latents".
 """
 
 from keras_lct.data.images import IMAGE_EXTENSIONS

@@ -8,7 +8,7 @@ the target, crop the center square). A file that cannot be read is reported
 with its reason and skipped, never fatal and never silent.
 
 Reference: paper section 5.1 (CelebA-HQ, FFHQ, LSUN Church at 256x256);
-`REFERENCE.md` "Latents".
+`docs/reference.md` "Latents".
 """
 
 import collections

@@ -18,7 +18,7 @@ Files of a cache folder:
   source index of each latent);
 - `report.json`: images read, converted and skipped (with reasons).
 
-Reference: `REFERENCE.md` "Latents"; paper section 5.1.
+Reference: `docs/reference.md` "Latents"; paper section 5.1.
 """
 
 import contextlib
@@ -40,7 +40,7 @@ from keras_lct.data.images import ImageReport
 from keras_lct.data.images import images_to_unit_range
 
 CACHE_FORMAT = 1
-TARGET_STD = 0.5  # REFERENCE.md "Latents": x = (z / s - mean) / std * 0.5.
+TARGET_STD = 0.5  # docs/reference.md "Latents": x = (z / s - mean) / std * 0.5.
 _SHARD_PATTERN = "shard_{:05d}.npz"
 # Fields of cache.json that must equal the current run's for a cache to be reused.
 # (latent_shape follows from the fingerprinted config and the resolution.)
@@ -93,7 +93,7 @@ class LatentNormalization(keras.layers.Layer):
     images = vae.decode(normalization.denormalize(model.sample(16)))
     ```
 
-    Reference: `REFERENCE.md` "Latents".
+    Reference: `docs/reference.md` "Latents".
     """
 
     def __init__(
@@ -215,7 +215,7 @@ class LatentCache:
     batches = NoisePairedDataset(cache.training_data(), batch_size=128)
     ```
 
-    Reference: `REFERENCE.md` "Latents".
+    Reference: `docs/reference.md` "Latents".
     """
 
     def __init__(self, directory, autoencoder_fingerprint=None):
@@ -358,7 +358,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     cache = build_latent_cache(ImageFolder("celeba_hq_256", 256), vae, "runs/celeba/latents")
     ```
 
-    Reference: `REFERENCE.md` "Latents".
+    Reference: `docs/reference.md` "Latents".
     """
     directory = os.fspath(directory)
     batch_size = check_int("batch_size", batch_size, minimum=1)

@@ -28,7 +28,7 @@ class PositionalEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
     Example:
     >>> embedding = PositionalEmbedding(128)(np.array([250.0 * np.log(80.0)]))
 
-    Reference: `REFERENCE.md` "Network" (noise embedding); paper section 5.1.
+    Reference: `docs/reference.md` "Network" (noise embedding); paper section 5.1.
     """
 
     def __init__(self, num_channels, max_positions=10000, endpoint=False, **kwargs):

@@ -263,7 +263,7 @@ class UNetBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
     >>> y = block(np.zeros((2, 16, 16, 64)), np.zeros((2, 256)))  # (2, 8, 8, 128)
 
     Reference: ADM (paper section 5.1); norms per table 2d / section 4.6;
-    `REFERENCE.md` "Network structure, in detail".
+    `docs/reference.md` "Network structure".
     """
 
     def __init__(

@@ -12,7 +12,7 @@
 The math is NumPy / SciPy; the networks run on PyTorch whatever the Keras
 backend. `recipes/evaluate.py` runs the whole protocol on a trained model.
 
-Reference: `REFERENCE.md` "Evaluation"; docs/metrics.md.
+Reference: `docs/reference.md` "Evaluation"; docs/metrics.md.
 """
 
 from keras_lct.metrics.feature_networks import INCEPTION_WEIGHTS_FILE

@@ -13,7 +13,7 @@ features, on CUDA when available, whatever the Keras backend: torch is only
 the runtime of these networks. Nothing is downloaded; a missing file says
 where to get it.
 
-Reference: `REFERENCE.md` "Evaluation"; pytorch-fid
+Reference: `docs/reference.md` "Evaluation"; pytorch-fid
 (github.com/mseitzer/pytorch-fid); stylegan2-ada-pytorch `metrics/`.
 """
 
@@ -118,7 +118,7 @@ class InceptionFeatures(_TorchFeatureNetwork):
     mu, sigma = feature_statistics(inception(images_uint8, batch_size=100))
     ```
 
-    Reference: `REFERENCE.md` "Evaluation"; Heusel et al. 2017.
+    Reference: `docs/reference.md` "Evaluation"; Heusel et al. 2017.
     """
 
     _help = INCEPTION_HELP
@@ -150,7 +150,7 @@ class VGG16Features(_TorchFeatureNetwork):
     `network(images_uint8_nchw, return_features=True)`, with grayscale images
     repeated to 3 channels. torch-fidelity's `prc` metric uses torchvision's
     VGG16 instead: another feature space, whose recall does not compare with
-    the paper's (`REFERENCE.md` "Evaluation"). Needs only torch.
+    the paper's (`docs/reference.md` "Evaluation"). Needs only torch.
 
     Args:
         weights_path: the local `vgg16.pt` (from
@@ -175,7 +175,7 @@ class VGG16Features(_TorchFeatureNetwork):
     scores = precision_recall(vgg(real_images), vgg(generated_images), k=3)
     ```
 
-    Reference: Kynkäänniemi et al. 2019; `REFERENCE.md` "Evaluation".
+    Reference: Kynkäänniemi et al. 2019; `docs/reference.md` "Evaluation".
     """
 
     _help = VGG16_HELP

@@ -11,7 +11,7 @@ with pytorch-fid's.
 
 Reference: Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule
 Converge to a Local Nash Equilibrium"; pytorch-fid
-(github.com/mseitzer/pytorch-fid); `REFERENCE.md` "Evaluation".
+(github.com/mseitzer/pytorch-fid); `docs/reference.md` "Evaluation".
 """
 
 import os

@@ -8,7 +8,7 @@ The paper reports recall with k = 3 on NVIDIA's VGG16 features
 (`keras_lct.metrics.VGG16Features`).
 
 Reference: Kynkäänniemi et al. 2019, "Improved Precision and Recall Metric
-for Assessing Generative Models"; `REFERENCE.md` "Evaluation".
+for Assessing Generative Models"; `docs/reference.md` "Evaluation".
 """
 
 import numpy as np

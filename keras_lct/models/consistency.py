@@ -1,6 +1,6 @@
 """ConsistencyModel: improved latent consistency training under `model.fit`.
 
-The training objective (paper sections 3 and 4.2-4.5, `REFERENCE.md` "One
+The training objective (paper sections 3 and 4.2-4.5, `docs/reference.md` "One
 consistency-training step") is written once, in `compute_loss`, with
 `keras.ops`; it runs unchanged under every backend's `fit`. The model's
 other parts live in modules named for them: the schedules' state
@@ -133,7 +133,7 @@ class ConsistencyModel(keras.Model):
     ```
 
     Reference: paper sections 3, 4.2 (Cauchy loss), 4.3 (diffusion loss),
-    4.5 (adaptive c); `REFERENCE.md`.
+    4.5 (adaptive c); `docs/reference.md`.
     """
 
     def __init__(
@@ -428,7 +428,7 @@ class ConsistencyModel(keras.Model):
         Returns:
             NumPy float32 array `(num_samples, *data_shape)`.
 
-        Reference: `REFERENCE.md` "Sampling"; paper table 1 (1 and 2 NFE).
+        Reference: `docs/reference.md` "Sampling"; paper table 1 (1 and 2 NFE).
         """
         self._require_built("sample")
         return sampler.sample(self, num_samples, steps, ts, seed, batch_size, ema, verbose)

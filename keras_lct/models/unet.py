@@ -1,7 +1,7 @@
 """The ADM UNet ("DhariwalUNet" of NVlabs EDM) as a channels_last Keras model.
 
 Reference: paper section 5.1 (the OpenAI UNet of Dhariwal & Nichol as the
-denoiser F), section 4.6 / table 2d (the norm), `REFERENCE.md` "Network".
+denoiser F), section 4.6 / table 2d (the norm), `docs/reference.md` "Network".
 """
 
 import keras
@@ -68,7 +68,7 @@ class UNet(keras.Model):
     out = unet([x, noise_labels])
     ```
 
-    Reference: paper section 5.1 and table 2d; `REFERENCE.md` "Network".
+    Reference: paper section 5.1 and table 2d; `docs/reference.md` "Network".
     """
 
     def __init__(
