@@ -3,8 +3,8 @@
 Trains one UNet preset twice from the same initial weights on the same OT-paired batches and the
 same draws of noise levels, once under the `float32` dtype policy and once under
 `mixed_bfloat16` (float32 variables, bfloat16 compute), and records every step's loss and time.
-As in the authors'-step harness `compare_step.py` (not shipped; docs/benchmarks.md), the step is mid-curriculum (N = 81 of a 70,000-step
-schedule, with its adaptive c), and the zero-initialized ends of the residual branches start from
+As in the authors'-step harness `compare_step.py` (not shipped; docs/benchmarks.md), the step is
+mid-curriculum (N = 81 of a 70,000-step schedule, with its adaptive c), and the zero-initialized ends of the residual branches start from
 small random weights, as after some training: at initialization the UNet outputs zeros and the
 loss would not depend on the precision at all.
 Reports how far the bf16 losses stray from the fp32 ones (relative difference per step, and of

@@ -1,5 +1,6 @@
 """What the benchmarks share: a per-batch timer, and the mid-curriculum model of
-the authors'-step harness `compare_step.py` (not shipped; docs/benchmarks.md), so that our figures time the same step as the authors' side."""
+the authors'-step harness `compare_step.py` (not shipped; docs/benchmarks.md), so that our
+figures time the same step as the authors' side."""
 
 import time
 

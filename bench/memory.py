@@ -1,8 +1,8 @@
 """Where the training step's memory goes: resident memory per phase, in a fresh process.
 
 For each UNet preset and batch size, starts a fresh Python that imports
-keras_lct, builds the mid-curriculum model of the authors'-step harness `compare_step.py` (not shipped; docs/benchmarks.md)
-and runs `fit` on random 32x32x4 latents with minibatch OT pairing. After each
+keras_lct, builds the mid-curriculum model of the authors'-step harness
+`compare_step.py` (not shipped; docs/benchmarks.md) and runs `fit` on random 32x32x4 latents with minibatch OT pairing. After each
 phase (imports, model built, first step, last step) it records the process's
 resident memory (VmRSS) and its peak so far (VmHWM), glibc malloc's bytes in
 use and free (mallinfo2), and which of torch / jax / tensorflow the process

@@ -389,6 +389,18 @@ def test_bad_configuration_raises_value_error(make, words):
         make()
 
 
+def test_fit_builds_a_model_that_was_only_compiled():
+    # As in Keras: no build call needed; fit builds the network, the optimizer and the EMA.
+    # A learning rate of 0 keeps the weights, so the average must still equal them.
+    model = ConsistencyModel(MLPDenoiser(2, width=8), ema_decays=(0.9,))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.fit(mixture(32), batch_size=16, epochs=1, verbose=0)
+    assert int(model.training_step) == int(model.optimizer.iterations) == 2
+    for average, weight in zip(model.ema.averages[0], model.network.trainable_variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(average), ops.convert_to_numpy(weight), rtol=1e-6)
+    assert model.sample(4, seed=0).shape == (4, 2)
+
+
 def test_nan_data_is_refused_before_training_starts():
     model = toy_model()
     data = mixture(64)

@@ -57,8 +57,8 @@ def state_kept_through_fit(model):
     until a step completes) and puts them back then. Other backends keep
     their variables and need nothing.
     """
-    if keras.backend.backend() != "jax":
-        yield
+    if keras.backend.backend() != "jax" or not model.built:
+        yield  # an unbuilt model has no state yet: fit creates it
         return
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # as fit would, so its state is kept too

@@ -35,7 +35,7 @@ class WeightAverages:
         self.averages = [
             [
                 model_state_variable(
-                    model, f"ema_{_decay_label(decay)}_{index}", variable.dtype, ops.convert_to_numpy(variable),
+                    model, f"ema_{_decay_label(decay)}_{index}", variable.dtype, _copy_of(variable),
                     shape=variable.shape,
                 )
                 for index, variable in enumerate(self.variables)
@@ -90,6 +90,16 @@ def check_decay(decay):
     if not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
         raise ValueError(f"Every EMA decay must be a number in [0, 1); received {decay!r} in `ema_decays`.")
     return float(decay)
+
+
+def _copy_of(variable):
+    """An initializer giving `variable`'s value when it runs.
+
+    Built inside Keras' symbolic build (jax `fit` on an unbuilt model) the
+    variables are initialized later, in the order they were made: the network's
+    first, so an average still starts from the weights they got.
+    """
+    return lambda shape, dtype: ops.copy(variable.value)
 
 
 def _decay_label(decay):

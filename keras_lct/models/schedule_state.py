@@ -116,11 +116,14 @@ class ScheduleState:
 
 
 def model_state_variable(model, name, dtype, value, shape=()):
-    """A non-trainable variable of `model`, the same on every replica, initialized to `value`."""
+    """A non-trainable variable of `model`, the same on every replica, initialized to `value`.
+
+    `value` is a number, an array, or an initializer (a callable of shape and dtype).
+    """
     return model.add_weight(
         shape=shape,
         dtype=dtype,
-        initializer=keras.initializers.Constant(value),
+        initializer=value if callable(value) else keras.initializers.Constant(value),
         trainable=False,
         aggregation="only_first_replica",
         name=name,
