@@ -140,7 +140,8 @@ def parse_args(dataset, argv=None):
     progress.add_argument("--grid-every", type=int, default=10, help="epochs between sample grids (default: %(default)s)")
     progress.add_argument("--grid-samples", type=int, default=64, help="samples per grid (default: %(default)s)")
     progress.add_argument("--two-step-level", type=int, default=defaults["two_step_level"],
-                          help="grid level (of 641) of the second sampling step (default: %(default)s)")
+                          help="grid level (of 641) of the second sampling step, saved with the model; a resumed "
+                               "run keeps its model's (default: %(default)s)")
     progress.add_argument("--stop-after-epochs", type=int,
                           help="train at most this many epochs in this invocation, then exit (rerun to continue)")
     progress.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="fit's verbosity (default: %(default)s)")
@@ -245,7 +246,8 @@ def main(dataset="custom", argv=None):
                                     out_channels=latent_shape[-1], norm=args.norm, dropout=args.dropout)
             model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
                                      diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
-                                     seed=args.seed, latent_normalization=cache.normalization())
+                                     seed=args.seed, latent_normalization=cache.normalization(),
+                                     two_step_level=(args.two_step_level, schedules.CURRICULUM_S1 + 1))
             model.build((None,) + latent_shape)
             accumulation = args.accumulate if args.accumulate > 1 else None
             model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay,
@@ -258,7 +260,6 @@ def main(dataset="custom", argv=None):
         return
 
     # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs (written by the chief).
-    two_step = [schedules.SIGMA_MAX, float(schedules.karras_sigma(args.two_step_level, schedules.CURRICULUM_S1 + 1))]
     training_callbacks = [lct_callbacks.ExpCurriculum(total_steps)]
     if args.c_schedule != "fixed":
         training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
@@ -266,7 +267,7 @@ def main(dataset="custom", argv=None):
         training_callbacks += [
             lct_callbacks.Checkpoint(checkpoint, every_epochs=args.checkpoint_every),
             lct_callbacks.SampleGrid(os.path.join(args.output, "samples"), every_epochs=args.grid_every,
-                                     num_samples=args.grid_samples, steps=(1, two_step),
+                                     num_samples=args.grid_samples, steps=(1, 2),
                                      decode=data.LatentDecoder(model.latent_normalization, vae)),
             *tensorboard(os.path.join(args.output, "logs")),
         ]

@@ -45,6 +45,15 @@ def test_every_recipe_documents_its_options(script):
 
 
 @pytest.mark.backend_neutral
+@pytest.mark.parametrize("script, level", [("celeba.py", 440), ("ffhq.py", 440), ("lsun_church.py", 420)])
+def test_each_preset_names_the_authors_two_step_level(script, level):
+    # The level reaches the saved model (test_smoke_run_goes_from_images_to_a_model).
+    result = run_recipe(script, "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"(default: {level})" in " ".join(result.stdout.split("--two-step-level")[-1].split()[:40])
+
+
+@pytest.mark.backend_neutral
 def test_missing_images_or_weights_say_what_to_get(tmp_path):
     result = run_recipe("celeba.py", timeout=120)
     assert result.returncode == 2
@@ -73,6 +82,7 @@ def test_smoke_run_goes_from_images_to_a_model(uninterrupted_smoke_run):
     model = keras.models.load_model(output / "lct.keras")
     assert int(model.training_step) == 10 and int(model.optimizer.iterations) == 10
     assert int(model.schedule.num_scales) > 11  # the curriculum went on over the epochs
+    assert model.two_step_level == (440, 641)  # what the 2-step grids used, and sample.py --steps 2 uses
     assert model.latent_normalization.autoencoder_fingerprint is not None
     assert all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
 
