@@ -24,10 +24,10 @@ import numpy as np
 from keras import ops
 
 from keras_lct import schedules
-from keras_lct._io import atomic_path
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
 from keras_lct.models.consistency import ConsistencyModel
+from keras_lct.saving import atomic_path
 
 INNER_FENCE_IQRS = 1.5
 OUTER_FENCE_IQRS = 3.0

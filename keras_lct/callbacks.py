@@ -14,11 +14,12 @@ import keras
 import numpy as np
 
 from keras_lct import schedules
-from keras_lct._io import atomic_path
 from keras_lct._validation import check_seed
 from keras_lct._validation import finite_samples
 from keras_lct.data.images import images_to_uint8
 from keras_lct.models.consistency import ConsistencyModel
+from keras_lct.saving import atomic_path
+from keras_lct.saving import save_model_atomic
 
 
 def _require_consistency_model(callback):
@@ -44,30 +45,75 @@ class ExpCurriculum(keras.callbacks.Callback):
     s0)) + 1)), k the model's training step and K = `total_steps`.
 
     Args:
-        total_steps: K, the planned total number of training steps of the run
-            (over all `fit` calls, resumed ones included).
+        total_steps: K, the planned total number of training steps (optimizer
+            updates) of the run, over all `fit` calls, resumed ones included.
+            None (the default) reads K from `fit` when training starts:
+            `epochs * steps per epoch` (divided by the optimizer's
+            `gradient_accumulation_steps`). That is the whole run's length
+            also when `fit` resumes with `initial_epoch`, since `epochs` is the
+            run's last epoch; pass `total_steps` when a `fit` call trains only
+            part of the run (stops before the run's last epoch), or when the
+            data has no known length.
         s0: initial number of intervals (10).
         s1: final number of intervals (640).
 
+    Attributes:
+        run_total_steps: the K that the last `fit` used (None before).
+
+    Raises:
+        ValueError: in `fit`, when `total_steps` is None and the data's
+            number of batches per epoch is unknown (a dataset of unknown
+            length and no `steps_per_epoch`).
+
     Example:
     ```python
-    steps = epochs * math.ceil(len(x) / batch_size)
     model.fit(x, batch_size=batch_size, epochs=epochs,
+              callbacks=[ExpCurriculum(), AdaptiveC()])
+    # A run trained in pieces: each fit gets the whole run's K.
+    steps = epochs * math.ceil(len(x) / batch_size)
+    model.fit(x, batch_size=batch_size, epochs=epochs // 2,
               callbacks=[ExpCurriculum(steps), AdaptiveC()])
     ```
 
     Reference: paper section 4.5, eq. 10.
     """
 
-    def __init__(self, total_steps, s0=schedules.CURRICULUM_S0, s1=schedules.CURRICULUM_S1):
+    def __init__(self, total_steps=None, s0=schedules.CURRICULUM_S0, s1=schedules.CURRICULUM_S1):
         super().__init__()
-        schedules.curriculum_stage_length(total_steps, s0, s1)  # validates
+        # Validates (a planned length of 1 stands in for the one fit will give).
+        schedules.curriculum_stage_length(1 if total_steps is None else total_steps, s0, s1)
         self.total_steps = total_steps
         self.s0 = s0
         self.s1 = s1
+        self.run_total_steps = None
 
     def on_train_begin(self, logs=None):
-        _require_consistency_model(self).set_curriculum(self.total_steps, self.s0, self.s1)
+        model = _require_consistency_model(self)
+        total_steps = self.total_steps
+        if total_steps is None:
+            total_steps = self._total_steps_of_fit(model)
+        model.set_curriculum(total_steps, self.s0, self.s1)
+        self.run_total_steps = total_steps
+
+    def _total_steps_of_fit(self, model):
+        """K from fit's parameters: epochs x batches per epoch, in optimizer updates."""
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if steps is None:
+            raise ValueError(
+                "ExpCurriculum() reads the run's length from `fit` (epochs x steps per epoch), but "
+                "this data has no known number of batches per epoch (a dataset of unknown length). "
+                "Pass the run's total number of training steps, `ExpCurriculum(total_steps)`, or "
+                "`steps_per_epoch` to `fit`."
+            )
+        updates = (epochs * steps) // model.micro_batches_per_update()
+        if updates < 1:
+            raise ValueError(
+                f"ExpCurriculum(): `fit` plans {epochs} epoch(s) of {steps} batch(es), fewer than one "
+                f"optimizer update of {model.micro_batches_per_update()} accumulated batches; pass "
+                "`total_steps`."
+            )
+        return updates
 
     def get_config(self):
         return {"total_steps": self.total_steps, "s0": self.s0, "s1": self.s1}
@@ -233,12 +279,6 @@ class Checkpoint(_EveryEpochs):
     def write(self, epoch):
         """Saves the model now (`epoch` only names the moment)."""
         save_model_atomic(self.model, self.path)
-
-
-def save_model_atomic(model, path):
-    """`model.save(path)` through a temporary file: `path` is the old or the whole new model."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
 
 
 def save_image_grid(images, path, columns=None):

@@ -59,6 +59,7 @@ class RAdam(keras.optimizers.Optimizer):
         self.epsilon = epsilon
         self.coupled_weight_decay = 0.0 if decoupled_weight_decay else float(weight_decay or 0.0)
         self.decoupled_weight_decay = decoupled_weight_decay
+        self._step_factors_of_this_update = None
 
     def build(self, variables):
         if self.built:
@@ -100,13 +101,27 @@ class RAdam(keras.optimizers.Optimizer):
                 self.coupled_weight_decay,
             )
             return
-        super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # Keras calls update_step once per variable: the step's scalars are computed once for all of them.
+        self._step_factors_of_this_update = {}
+        try:
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._step_factors_of_this_update = None
+
+    def _shared_step_factors(self, learning_rate):
+        """`_step_factors`, once per learning-rate value of the update under way."""
+        shared = self._step_factors_of_this_update
+        if shared is None:
+            return self._step_factors(learning_rate)
+        if id(learning_rate) not in shared:  # one per device under a distribution strategy
+            shared[id(learning_rate)] = (learning_rate, self._step_factors(learning_rate))
+        return shared[id(learning_rate)][1]
 
     def update_step(self, gradient, variable, learning_rate):
         gradient = ops.cast(gradient, variable.dtype)
         if self.coupled_weight_decay:
             gradient = gradient + self.coupled_weight_decay * variable
-        momentum_step, adaptive_factor, adaptive = self._step_factors(learning_rate)
+        momentum_step, adaptive_factor, adaptive = self._shared_step_factors(learning_rate)
         momentum = self._momentums[self._get_variable_index(variable)]
         velocity = self._velocities[self._get_variable_index(variable)]
         self.assign_add(momentum, ops.multiply(ops.subtract(gradient, momentum), 1 - self.beta_1))

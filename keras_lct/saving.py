@@ -1,14 +1,93 @@
-"""Loading `.keras` files, with errors that say what is wrong with a file.
+"""Saving files atomically, and loading `.keras` files with errors that say what is wrong.
+
+Every file keras-lct writes (models, checkpoints, latent caches, grids, JSON
+reports) goes through `atomic_path`: it is written to a temporary name beside
+its target and renamed into place, so a reader, or a run that was interrupted
+mid-write, finds the old file or the whole new one, never a half-written one.
+`save_model_atomic` and `write_json_atomic` are the two writes made that way
+most often.
 
 Keras reports a missing file, a truncated archive and a file that is not a
 `.keras` archive alike, as "File not found". `load_model` tells them apart
 before Keras reads the file, and says what to do.
 """
 
+import contextlib
+import json
 import os
 import zipfile
 
 import keras
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds.
+
+    The temporary name keeps the extension (Keras requires `.keras`), starts
+    with a dot and holds the process id. If the block raises, the temporary
+    file is removed and `path` is untouched: it stays the previous file, or
+    absent. The folder of `path` is created.
+
+    Args:
+        path: the file to write (a string or path-like).
+
+    Yields:
+        the temporary path (a string) to write the whole file to.
+
+    Example:
+    ```python
+    with keras_lct.saving.atomic_path("run/samples.png") as temporary:
+        figure.savefig(temporary, format="png")
+    ```
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, extension = os.path.splitext(name)
+    temporary = os.path.join(folder, f".{stem}.{os.getpid()}.tmp{extension}")
+    try:
+        yield temporary
+        with open(temporary, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+def save_model_atomic(model, path):
+    """`model.save(path)` through `atomic_path`: `path` holds the old model or the whole new one.
+
+    Args:
+        model: any Keras model (a `ConsistencyModel`, an autoencoder, ...).
+        path: the `.keras` file to write (its folder is created).
+
+    Example:
+    ```python
+    keras_lct.saving.save_model_atomic(model, "runs/mine/lct.keras")
+    ```
+    """
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def write_json_atomic(path, value):
+    """Writes `value` to `path` as indented JSON with sorted keys, through `atomic_path`.
+
+    Args:
+        path: the JSON file to write (its folder is created).
+        value: anything `json.dump` takes.
+
+    Example:
+    ```python
+    keras_lct.saving.write_json_atomic("runs/mine/metrics.json", {"fid": 7.3})
+    ```
+    """
+    with atomic_path(path) as temporary:
+        with open(temporary, "w") as file:
+            json.dump(value, file, indent=2, sort_keys=True)
+            file.write("\n")
+
 
 # The members every Keras 3 `.keras` archive holds.
 _REQUIRED_MEMBERS = ("config.json", "metadata.json", "model.weights.h5")

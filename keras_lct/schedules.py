@@ -29,6 +29,7 @@ P_MEAN = -1.1
 P_STD = 2.0
 CURRICULUM_S0 = 10
 CURRICULUM_S1 = 640
+FINAL_NUM_SCALES = CURRICULUM_S1 + 1  # the grid of N = s1 intervals the curriculum ends on
 ICT_C0_PER_SQRT_DIM = 0.00054
 # d of the paper's CelebA-HQ latents, where eq. 11 was fitted.
 PAPER_LATENT_DIM = 32 * 32 * 4

@@ -34,6 +34,7 @@ Reference: paper section 5.3 and table 2; docs/results.md for the measured table
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -75,6 +76,10 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be at least 1; received {getattr(args, name)}.")
     missing = [name for name in ("data.npz", "model.keras", "autoencoder.keras", "features.keras", "metrics.json")
                if not os.path.exists(os.path.join(args.data, name))]
+    if not missing:
+        with open(os.path.join(args.data, "metrics.json")) as file:
+            if "two_step_level" not in json.load(file):  # written before the models kept their 2-step level
+                missing = ["a model with its 2-step level"]
     if missing:
         parser.error(f"--data {args.data} lacks {', '.join(missing)}: it must be the output folder of "
                      f"`python recipes/quickstart.py --output {args.data}` (rerun it with this version).")
@@ -85,31 +90,33 @@ args = parse_args()
 started = time.time()
 
 import hashlib  # noqa: E402
-import json  # noqa: E402
 
 import keras  # noqa: E402  (after --help, which should not wait for a backend)
 import numpy as np  # noqa: E402
 
 import keras_lct  # noqa: E402
 from keras_lct import analysis  # noqa: E402
-from keras_lct import metrics  # noqa: E402
-from keras_lct._io import atomic_path  # noqa: E402
-from keras_lct._io import write_json_atomic  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
-from keras_lct.callbacks import save_image_grid  # noqa: E402
 from keras_lct.data import LatentDecoder  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
+from keras_lct.saving import atomic_path  # noqa: E402
+from keras_lct.saving import write_json_atomic  # noqa: E402
+
+from common import claim_run_folder  # noqa: E402  (recipes/common.py: what only the recipes share)
+from common import features  # noqa: E402
+from common import framed  # noqa: E402
+from common import new_figure  # noqa: E402
+from common import save_enlarged_grid  # noqa: E402
+from common import save_figure  # noqa: E402
+from common import scores  # noqa: E402
+from common import stage_printer  # noqa: E402
 
 backend = keras.backend.backend()
-
-
-def stage(message):
-    print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
-
+stage = stage_printer(started)  # prints "[  seconds] message"
 
 # ## The rows. A row is its settings; rows shared by several tables are trained once.
 ILCT = {"loss": "pseudo_huber", "r": 0.0, "ot": False, "adaptive_c": False, "norm": "group"}
@@ -144,16 +151,10 @@ data = np.load(os.path.join(args.data, "data.npz"))
 quickstart_model = keras.saving.load_model(os.path.join(args.data, "model.keras"), compile=False)
 autoencoder = keras.saving.load_model(os.path.join(args.data, "autoencoder.keras"), compile=False)
 feature_network = keras.saving.load_model(os.path.join(args.data, "features.keras"), compile=False)
-with open(os.path.join(args.data, "metrics.json")) as file:
-    two_step_ts = json.load(file)["two_step_ts"]
 normalization = quickstart_model.latent_normalization
 decode = LatentDecoder(normalization, autoencoder, batch_size=256)
 network_config = quickstart_model.network.get_config()
-
-
-def features(images):
-    return np.asarray(feature_network.predict(images, batch_size=256, verbose=0), np.float64)
-
+two_step_level = quickstart_model.two_step_level  # every row samples 2 steps where the quickstart did
 
 # Each variant: the latents to learn and the features of the images they stand for, the metrics'
 # reference. For `digits` those are the real training digits, as in the quickstart; for `impulsive`
@@ -164,7 +165,7 @@ for variant in args.variants:
     if variant == "impulsive":
         latents = analysis.with_impulsive_outliers(latents, OUTLIER_FRACTION, OUTLIER_MAGNITUDE, seed=1)
     reference_images = data["pixels"] if variant == "digits" else decode(latents)
-    variants[variant] = {"latents": latents, "reference": features(reference_images)}
+    variants[variant] = {"latents": latents, "reference": features(feature_network, reference_images)}
 
 
 # ## The run's identity: a rerun continues only with the same training settings and data.
@@ -174,33 +175,14 @@ def fingerprint(array):
 
 identity = {
     "backend": backend, "steps": args.steps, "batch_size": args.batch_size, "ema_decay": args.ema_decay,
-    "learning_rate": args.learning_rate, "num_samples": args.num_samples, "two_step_ts": two_step_ts,
+    "learning_rate": args.learning_rate, "num_samples": args.num_samples, "two_step_level": two_step_level,
     "outlier_fraction": OUTLIER_FRACTION, "outlier_magnitude": list(OUTLIER_MAGNITUDE),
     "latents": fingerprint(data["latents"]), "network": {k: v for k, v in network_config.items() if k != "norm"},
 }
-identity_path = os.path.join(args.output, "settings.json")
-if os.path.exists(identity_path):
-    with open(identity_path) as file:
-        recorded = json.load(file)
-    changed = sorted(key for key in set(identity) | set(recorded) if identity.get(key) != recorded.get(key))
-    if changed:
-        raise SystemExit(
-            f"{args.output} holds an ablation with other settings ({', '.join(changed)}: "
-            f"{', '.join(f'{recorded.get(k)!r} there, {identity.get(k)!r} now' for k in changed)}). "
-            "Its rows would not compare: use another --output, or the same settings to continue it."
-        )
-else:
-    write_json_atomic(identity_path, identity)
+claim_run_folder(os.path.join(args.output, "settings.json"), identity, "an ablation",
+                 "Its rows would not compare: use another --output, or the same settings to continue it.")
 print(f"keras-lct {keras_lct.__version__} ablation on {backend}: {args.steps} steps x {args.seeds} seeds per row; "
       f"writing to {args.output}/")
-
-
-def scores(images, reference):
-    fake = features(images)
-    return {
-        "frechet_distance": metrics.frechet_distance(reference, fake),
-        "recall": metrics.precision_recall(reference, fake, k=3)["recall"],
-    }
 
 
 # ## One run: train a row's model with one seed, score its 1- and 2-step samples.
@@ -215,26 +197,29 @@ class FrechetCurve(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
             samples = decode(self.model.sample(args.num_samples, steps=1, seed=self.seed))
-            self.points.append([(epoch + 1) * self.steps_per_epoch, scores(samples, self.reference)["frechet_distance"]])
+            frechet_distance = scores(feature_network, self.reference, samples)["frechet_distance"]
+            self.points.append([(epoch + 1) * self.steps_per_epoch, frechet_distance])
 
 
 def train_and_score(variant, settings, seed):
     keras.utils.set_random_seed(seed)
     network = UNet.from_config({**network_config, "norm": settings["norm"]})
     model = ConsistencyModel(network, loss=settings["loss"], diffusion_fraction=settings["r"],
-                             ema_decays=(args.ema_decay,), seed=seed, latent_normalization=normalization)
+                             ema_decays=(args.ema_decay,), seed=seed, latent_normalization=normalization,
+                             two_step_level=two_step_level)
     model.build((None,) + variants[variant]["latents"].shape[1:])
     model.compile(optimizer=RAdam(args.learning_rate))
     batches = NoisePairedDataset(variants[variant]["latents"], batch_size=args.batch_size, ot=settings["ot"], seed=seed)
     epochs = -(-args.steps // len(batches))
     curve = FrechetCurve(variants[variant]["reference"], len(batches), max(1, epochs // CURVE_POINTS), seed + 1)
-    callbacks = [ExpCurriculum(epochs * len(batches)), curve] + ([AdaptiveC()] if settings["adaptive_c"] else [])
+    callbacks = [ExpCurriculum(), curve] + ([AdaptiveC()] if settings["adaptive_c"] else [])
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
     one_step = decode(model.sample(args.num_samples, steps=1, seed=seed + 1))
-    two_step = decode(model.sample(args.num_samples, ts=two_step_ts, seed=seed + 1))
+    two_step = decode(model.sample(args.num_samples, steps=2, seed=seed + 1))
     reference = variants[variant]["reference"]
     return {
-        "one_step": scores(one_step, reference), "two_step": scores(two_step, reference), "curve": curve.points,
+        "one_step": scores(feature_network, reference, one_step),
+        "two_step": scores(feature_network, reference, two_step), "curve": curve.points,
         "final_loss": float(history.history["loss"][-1]), "steps": epochs * len(batches),
     }, one_step
 
@@ -301,21 +286,6 @@ def summarize():
             plot_grids(variant, table)
 
 
-def new_figure(width, height):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path):
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-
-
 def plot_curves(variant, table):
     figure = new_figure(6, 4)
     axes = figure.subplots()
@@ -378,10 +348,8 @@ for index, ((variant, key), settings) in enumerate(plan.items()):
         run_started = time.time()
         result, one_step = train_and_score(variant, settings, seed)
         result.update(settings=settings, seed=seed, variant=variant, seconds=round(time.time() - run_started, 1))
-        if seed == 0:
-            framed = np.pad(one_step[:64], ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-0.6)
-            save_image_grid(np.repeat(np.repeat(framed, 4, axis=1), 4, axis=2),
-                            os.path.join(os.path.dirname(path), "samples.png"), columns=8)
+        if seed == 0:  # framed, shown 4x
+            save_enlarged_grid(framed(one_step[:64]), os.path.join(os.path.dirname(path), "samples.png"), columns=8)
         write_json_atomic(path, result)
         stage(f"run {number}/{total} {variant} {key} seed {seed}: 1-step FD {result['one_step']['frechet_distance']:.2f}, "
               f"2-step FD {result['two_step']['frechet_distance']:.2f} ({result['seconds']:.0f} s)")

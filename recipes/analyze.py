@@ -97,10 +97,10 @@ def main(argv=None):
 
     import keras_lct
     from keras_lct import analysis
-    from keras_lct._io import write_json_atomic
     from keras_lct.data import LatentCache
     from keras_lct.models import ConsistencyModel
     from keras_lct.models import UNet
+    from keras_lct.saving import write_json_atomic
 
     print(f"keras-lct {keras_lct.__version__} on {keras.backend.backend()}: fig. 1 at N = {args.num_scales}.")
     if args.latent_cache:

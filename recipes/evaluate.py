@@ -76,11 +76,11 @@ def main(argv=None):
 
     import keras_lct  # registers the classes the model is made of
     from keras_lct import metrics
-    from keras_lct._io import write_json_atomic
     from keras_lct.data import ImageFolder
     from keras_lct.data import ImageReport
     from keras_lct.data import LatentDecoder
     from keras_lct.data import images_to_uint8
+    from keras_lct.saving import write_json_atomic
     from keras_lct.vae import load_autoencoder
 
     # ## 1. The feature networks, from local files (checked before any sampling).

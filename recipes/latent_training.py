@@ -34,7 +34,6 @@ Reference: paper section 5.1; docs/reference.md "Training setup", "Latents".
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -173,6 +172,7 @@ def main(dataset="custom", argv=None):
     from keras_lct import callbacks as lct_callbacks
     from keras_lct import data
     from keras_lct import distribute
+    from keras_lct import saving
     from keras_lct import schedules
     from keras_lct.models import ConsistencyModel
     from keras_lct.models import UNet
@@ -247,7 +247,7 @@ def main(dataset="custom", argv=None):
             model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
                                      diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
                                      seed=args.seed, latent_normalization=cache.normalization(),
-                                     two_step_level=(args.two_step_level, schedules.CURRICULUM_S1 + 1))
+                                     two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
             model.build((None,) + latent_shape)
             accumulation = args.accumulate if args.accumulate > 1 else None
             model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay,
@@ -260,6 +260,7 @@ def main(dataset="custom", argv=None):
         return
 
     # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs (written by the chief).
+    # The curriculum's K is the whole run's, given: this fit may stop early (--stop-after-epochs).
     training_callbacks = [lct_callbacks.ExpCurriculum(total_steps)]
     if args.c_schedule != "fixed":
         training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
@@ -286,7 +287,7 @@ def main(dataset="custom", argv=None):
                 say(f"Stopped after epoch {final_epoch} of {epochs}; rerun the same command to continue.")
                 return
             if chief:
-                lct_callbacks.save_model_atomic(model, final)
+                saving.save_model_atomic(model, final)
     except KeyboardInterrupt:
         # The model holds its last completed step, but a checkpoint taken mid-epoch would not
         # resume exactly (runs resume at epoch starts); the last epoch's checkpoint is kept.
@@ -308,25 +309,14 @@ def step_of(model):
 
 def check_run_folder(args, total_steps, cache_info):
     """Writes run.json; refuses an output folder that holds another run (its images, VAE and settings)."""
+    from common import claim_run_folder  # recipes/common.py: what only the recipes share
+
     settings = {name: getattr(args, name) for name in RUN_IDENTITY}
     settings.update(total_steps=total_steps, vae_fingerprint=cache_info["autoencoder_fingerprint"],
                     images={key: value for key, value in cache_info["source"].items() if key != "path"})
-    path = os.path.join(args.output, "run.json")
-    if os.path.exists(path):
-        with open(path) as file:
-            previous = json.load(file)
-        previous = dict(RUN_IDENTITY_DEFAULTS, **previous)
-        changed = [f"{key}: {previous.get(key)!r} -> {value!r}" for key, value in settings.items()
-                   if previous.get(key) != json.loads(json.dumps(value))]
-        if changed:
-            raise SystemExit(
-                f"error: {args.output} holds another run (its run.json differs in {'; '.join(changed)}). "
-                "Its checkpoint is not resumed and nothing in it is overwritten: pass another --output, "
-                "or delete the folder to start over."
-            )
-    from keras_lct._io import write_json_atomic
-
-    write_json_atomic(path, settings)
+    claim_run_folder(os.path.join(args.output, "run.json"), settings, "another run",
+                     "Its checkpoint is not resumed and nothing in it is overwritten: pass another --output, "
+                     "or delete the folder to start over.", defaults=RUN_IDENTITY_DEFAULTS)
 
 
 def tensorboard(log_dir):
@@ -368,7 +358,7 @@ def write_smoke_inputs(folder, args, autoencoder_class):
         with open(os.path.join(image_folder, "broken.png"), "wb") as file:
             file.write(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
     if not os.path.exists(vae_path):
-        from keras_lct.callbacks import save_model_atomic
+        from keras_lct.saving import save_model_atomic
 
         save_model_atomic(autoencoder_class.from_preset("tiny"), vae_path)
     return image_folder, vae_path

@@ -44,10 +44,10 @@ def main(argv=None):
     from PIL import Image
 
     import keras_lct  # registers the classes the model is made of
-    from keras_lct._io import atomic_path
     from keras_lct.callbacks import save_image_grid
     from keras_lct.data import LatentDecoder
     from keras_lct.data import images_to_uint8
+    from keras_lct.saving import atomic_path
     from keras_lct.vae import load_autoencoder
 
     model = keras_lct.saving.load_model(args.model, compile=False)

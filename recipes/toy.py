@@ -42,13 +42,15 @@ import keras  # noqa: E402  (after --help, which should not wait for a backend)
 import numpy as np  # noqa: E402
 
 import keras_lct  # noqa: E402
-from keras_lct._io import atomic_path  # noqa: E402
-from keras_lct._io import write_json_atomic  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import MLPDenoiser  # noqa: E402
+from keras_lct.saving import write_json_atomic  # noqa: E402
+
+from common import new_figure  # noqa: E402  (recipes/common.py: what only the recipes share)
+from common import save_figure  # noqa: E402
 
 # ## The data: 8 Gaussians on a ring of radius 1, scaled to sigma_data = 0.5.
 rng = np.random.default_rng(args.seed)
@@ -63,6 +65,7 @@ model.build((None, 2))
 model.compile(optimizer=keras.optimizers.Adam(1e-3))
 
 # ## Training: OT-paired (x0, z) batches; N doubles along eq. 10, c follows eq. 11.
+# ExpCurriculum() spreads eq. 10's stages over the whole fit: epochs x len(batches) steps.
 batches = NoisePairedDataset(data, batch_size=args.batch_size, ot=not args.no_ot, seed=args.seed)
 epochs = max(1, math.ceil(args.steps / len(batches)))
 total_steps = epochs * len(batches)
@@ -71,7 +74,7 @@ history = model.fit(
     batches,
     epochs=epochs,
     verbose=2,
-    callbacks=[ExpCurriculum(total_steps), AdaptiveC()],
+    callbacks=[ExpCurriculum(), AdaptiveC()],
 )
 
 # ## Sampling: 1 and 2 network evaluations from pure noise, with the EMA weights.
@@ -99,13 +102,8 @@ metrics = {
 print(json.dumps(metrics, indent=2))
 
 # ## Pictures: samples next to the data, and the run's loss, N and c.
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-os.makedirs(args.output, exist_ok=True)
-figure, axes = plt.subplots(1, 3, figsize=(12, 4), sharex=True, sharey=True)
+figure = new_figure(12, 4)
+axes = figure.subplots(1, 3, sharex=True, sharey=True)
 for axis, points, title in zip(axes, (data[:2000], one_step, two_step), ("data", "1 step", "2 steps")):
     axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
     axis.set_title(title)
@@ -113,18 +111,16 @@ for axis, points, title in zip(axes, (data[:2000], one_step, two_step), ("data",
     axis.set_ylim(-1, 1)
     axis.set_aspect("equal")
 figure.suptitle(f"{args.loss} loss, {'independent noise' if args.no_ot else 'OT pairing'}, {total_steps} steps")
-with atomic_path(os.path.join(args.output, "samples.png")) as temporary:
-    figure.savefig(temporary, dpi=100)
+save_figure(figure, os.path.join(args.output, "samples.png"))
 
-figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+figure = new_figure(12, 3.5)
+axes = figure.subplots(1, 3)
 for axis, key in zip(axes, ("loss", "num_scales", "c")):
     axis.plot(np.arange(1, epochs + 1), history.history[key])
     axis.set_title(key)
     axis.set_xlabel("epoch")
 axes[0].set_yscale("log")
 axes[2].set_yscale("log")
-figure.tight_layout()
-with atomic_path(os.path.join(args.output, "training.png")) as temporary:
-    figure.savefig(temporary, dpi=100)
+save_figure(figure, os.path.join(args.output, "training.png"))
 write_json_atomic(os.path.join(args.output, "metrics.json"), metrics)
 print(f"wrote {args.output}/samples.png, training.png and metrics.json")

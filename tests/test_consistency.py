@@ -211,6 +211,45 @@ def test_steps_per_execution_keeps_the_schedule():
     assert int(model.schedule.num_scales) == expected_schedule(23, 70)[0]
 
 
+def test_exp_curriculum_reads_the_whole_runs_length_from_fit():
+    # ExpCurriculum() takes K = epochs x batches per epoch from fit: N at every step is that of
+    # ExpCurriculum(K), also when fit resumes with initial_epoch (fit's epochs is the run's last).
+    data = mixture(16 * 2)  # 2 batches an epoch; 14 epochs: K = 28, K' = 4
+    expected = [expected_schedule(step, 28)[0] for step in range(28)]
+    whole, curriculum = LogRecorder(), callbacks.ExpCurriculum()
+    toy_model().fit(data, batch_size=16, epochs=14, shuffle=False, verbose=0, callbacks=[curriculum, whole])
+    assert curriculum.run_total_steps == 28
+    assert [logs["num_scales"] for logs in whole.batches] == expected
+
+    model, resumed, curriculum = toy_model(), LogRecorder(), callbacks.ExpCurriculum()
+    model.fit(data, batch_size=16, epochs=7, shuffle=False, verbose=0, callbacks=[callbacks.ExpCurriculum(28)])
+    model.fit(data, batch_size=16, epochs=14, initial_epoch=7, shuffle=False, verbose=0, callbacks=[curriculum, resumed])
+    assert curriculum.run_total_steps == 28 and int(model.training_step) == 28
+    assert [logs["num_scales"] for logs in resumed.batches] == expected[14:]
+
+
+def test_exp_curriculum_counts_optimizer_updates_under_gradient_accumulation():
+    model = ConsistencyModel(MLPDenoiser(2, width=8), ema_decays=())
+    model.build((None, 2))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, gradient_accumulation_steps=2))
+    curriculum = callbacks.ExpCurriculum()
+    model.fit(mixture(16 * 4), batch_size=16, epochs=2, verbose=0, callbacks=[curriculum])
+    assert curriculum.run_total_steps == int(model.training_step) == 4  # 8 batches, 4 updates
+
+
+def test_exp_curriculum_without_a_total_refuses_data_of_unknown_length():
+    def batches():
+        for seed in range(2):
+            yield (mixture(16, seed=seed),)
+
+    model = toy_model()
+    with pytest.raises(ValueError, match=r"no known number of batches per epoch.*ExpCurriculum\(total_steps\)"):
+        model.fit(batches(), epochs=1, verbose=0, callbacks=[callbacks.ExpCurriculum()])
+    assert int(model.training_step) == 0
+    model.fit(batches(), epochs=1, verbose=0, callbacks=[callbacks.ExpCurriculum(2)])  # a total given: trains
+    assert int(model.training_step) == 2
+
+
 def test_ema_tracks_the_online_weights_and_keeps_them_apart():
     model = toy_model(ema_decays=(0.5, 0.9))
     initial = [ops.convert_to_numpy(v) for v in model.network.trainable_variables]
@@ -399,6 +438,20 @@ def test_fit_builds_a_model_that_was_only_compiled():
     for average, weight in zip(model.ema.averages[0], model.network.trainable_variables):
         np.testing.assert_allclose(ops.convert_to_numpy(average), ops.convert_to_numpy(weight), rtol=1e-6)
     assert model.sample(4, seed=0).shape == (4, 2)
+
+
+@pytest.mark.compiled_step
+def test_a_built_model_traces_its_step_once():
+    # tensorflow traces the step a second time when variables are created in the first trace:
+    # fit builds the optimizer first, on every backend, so the step never creates one.
+    model = toy_model()
+    traces = []
+    compute_loss = model.compute_loss
+    model.compute_loss = lambda *args, **kwargs: traces.append(1) or compute_loss(*args, **kwargs)
+    optimizer_built = keras.callbacks.LambdaCallback(on_train_begin=lambda logs: traces.append(model.optimizer.built))
+    model.fit(mixture(32), batch_size=16, epochs=1, verbose=0, callbacks=[optimizer_built])
+    steps_traced = 2 if keras.backend.backend() == "torch" else 1  # torch runs each step eagerly
+    assert traces == [True] + [1] * steps_traced
 
 
 def test_nan_data_is_refused_before_training_starts():

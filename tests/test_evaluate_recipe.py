@@ -12,11 +12,11 @@ from feature_network_files import write_tiny_vgg16
 from PIL import Image
 from test_recipes import run_recipe
 
-from keras_lct.callbacks import save_model_atomic
 from keras_lct.data import LatentNormalization
 from keras_lct.metrics import save_statistics
 from keras_lct.models import ConsistencyModel
 from keras_lct.models import UNet
+from keras_lct.saving import save_model_atomic
 from keras_lct.vae import AutoencoderKL
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|save)` is deprecated:DeprecationWarning")

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 
 import keras_lct
-from keras_lct.callbacks import save_model_atomic
+from keras_lct.saving import atomic_path
+from keras_lct.saving import save_model_atomic
+from keras_lct.saving import write_json_atomic
 from test_bad_input import DATA
 from test_bad_input import Batches
 from test_bad_input import CompletedSteps
@@ -178,6 +180,27 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
     assert open(path, "rb").read() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]  # no temporary left behind
     assert int(keras_lct.saving.load_model(path).training_step) == 4
+
+
+@pytest.mark.backend_neutral
+def test_a_write_that_raises_leaves_the_previous_file_and_no_temporary(tmp_path):
+    path = tmp_path / "new folder" / "report.json"
+    write_json_atomic(path, {"b": 2, "a": [1, 2]})  # the folder is created
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 2\n}\n'
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})  # json.dump fails half-way through the file
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(path) as temporary:
+            assert temporary.endswith(".tmp.json") and os.path.basename(temporary).startswith(".report.")
+            open(temporary, "w").write("half")
+            raise KeyboardInterrupt
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == ["report.json"]  # no temporary left behind
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "never.png"):
+            raise RuntimeError("before anything was written")
+    assert not (tmp_path / "never.png").exists()
 
 
 # ---------------------------------------------------------------- a recipe run killed and resumed

@@ -55,3 +55,24 @@ def test_radam_trains_a_model_and_round_trips_its_config():
     y = x @ np.array([[1.0], [-1.0], [0.5]], "float32")
     history = model.fit(x, y, epochs=30, batch_size=16, verbose=0)
     assert history.history["loss"][-1] < 0.2 * history.history["loss"][0]
+
+
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["fast_paths", "plain"])
+def test_one_update_of_many_variables_computes_the_step_scalars_once(fast_paths, monkeypatch):
+    if fast_paths:
+        require_a_fast_path("torch")
+    targets = [np.array([1.0, -2.0, 3.0]), np.array([[0.5], [-0.5]])]
+    starts = [np.array([0.3, 0.1, -0.4], "float32"), np.array([[2.0], [1.0]], "float32")]
+    variables = [keras.Variable(start) for start in starts]
+    optimizer = RAdam(learning_rate=0.05)
+    computed = []
+    step_factors = optimizer._step_factors
+    monkeypatch.setattr(optimizer, "_step_factors", lambda rate: computed.append(rate) or step_factors(rate))
+    for _ in range(8):
+        gradients = [2 * (keras.ops.convert_to_numpy(v) - t) for v, t in zip(variables, targets)]
+        with use_fast_paths(fast_paths):
+            optimizer.apply_gradients([(g.astype("float32"), v) for g, v in zip(gradients, variables)])
+    assert len(computed) == 8  # once per update, not once per variable
+    for variable, start, target in zip(variables, starts, targets):
+        expected = numpy_radam(start, lambda theta, target=target: 2 * (theta - target), 8, 0.05)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), expected, rtol=1e-5, atol=1e-6)

@@ -124,5 +124,11 @@ def test_ablation_documents_its_options_and_says_what_data_it_needs(tmp_path):
         assert option in result.stdout
     result = run_recipe("ablation.py", "--data", tmp_path, timeout=120)
     assert result.returncode == 2 and "lacks data.npz" in result.stderr and "quickstart.py" in result.stderr
+    # A quickstart output from before its models kept their 2-step level (metrics.json names the levels).
+    for name in ("data.npz", "model.keras", "autoencoder.keras", "features.keras"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "metrics.json").write_text(json.dumps({"two_step_ts": [80.0, 1.5]}))
+    result = run_recipe("ablation.py", "--data", tmp_path, timeout=120)
+    assert result.returncode == 2 and "2-step level" in result.stderr and "rerun it with this version" in result.stderr
     result = run_recipe("ablation.py", "--tables", "3a", timeout=120)
     assert result.returncode == 2 and "invalid choice: '3a'" in result.stderr

@@ -6,7 +6,8 @@
   batch that never arrived leaves the step counter and EMA alone;
 - `check_sample_shape` (tensorflow): a run-time shape check that gates the
   batch, for sample shapes unknown when the step is traced;
-- `step_can_be_jit_compiled`: where `jit_compile=True` can compile the step.
+- `step_can_be_jit_compiled`: where `jit_compile=True` can compile the step;
+- `optimizer_built_before_tracing` (tensorflow): the step is traced once, not twice.
 
 Each is a no-op (or the plain answer) on the backends that need nothing.
 """
@@ -43,6 +44,21 @@ def step_can_be_jit_compiled():
     its `supports_jit` gets Keras' warning and runs eagerly instead.
     """
     return keras.backend.backend() != "torch"
+
+
+def optimizer_built_before_tracing(model):
+    """Builds the optimizer of a built model before `fit` traces the step (tensorflow).
+
+    Outside a distribution strategy, Keras' tensorflow trainer leaves the
+    optimizer to build its variables inside the first trace of the step, and
+    `tf.function` then traces the whole step a second time, since variables
+    were created in the first (about 40% of a small model's first step). jax
+    and torch build the optimizer before the step (Keras' symbolic build).
+    """
+    if keras.backend.backend() != "tensorflow" or not model.built or model.optimizer is None or model.optimizer.built:
+        return
+    with model.distribute_strategy.scope():
+        model.optimizer.build(model.trainable_variables)
 
 
 @contextlib.contextmanager

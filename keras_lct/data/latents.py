@@ -32,12 +32,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_lct._io import atomic_path
-from keras_lct._io import write_json_atomic
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
 from keras_lct.data.images import ImageReport
 from keras_lct.data.images import images_to_unit_range
+from keras_lct.saving import atomic_path
+from keras_lct.saving import write_json_atomic
 
 CACHE_FORMAT = 1
 TARGET_STD = 0.5  # docs/reference.md "Latents": x = (z / s - mean) / std * 0.5.

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from keras_lct._io import atomic_path
+from keras_lct.saving import atomic_path
 
 # Eigenvalues below -NEGATIVE_TOLERANCE * the largest mean a matrix that is not a covariance.
 NEGATIVE_TOLERANCE = 1e-6

@@ -483,6 +483,7 @@ class ConsistencyModel(keras.Model):
         if shuffle is None:
             shuffle = not isinstance(x, NoisePairedDataset)
         distribute.check_fit(self, x, batch_size)
+        fit_guards.optimizer_built_before_tracing(self)
         with (
             fit_guards.interrupts_delivered(callbacks) as callbacks,
             fit_guards.state_kept_through_fit(self),

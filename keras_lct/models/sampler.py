@@ -18,7 +18,7 @@ from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
 
 # The authors' 2-step level on CelebA-HQ and FFHQ: grid level 440 of the 641-level grid (~0.369).
-TWO_STEP_LEVEL = (440, 641)
+TWO_STEP_LEVEL = (440, schedules.FINAL_NUM_SCALES)
 
 
 def two_step_sigma(level, sigma_min=schedules.SIGMA_MIN, sigma_max=schedules.SIGMA_MAX, rho=schedules.RHO):

@@ -1,0 +1,116 @@
+"""What the recipes share, and only they: progress lines, sample scores, the run-folder guard, grids, figures.
+
+This is no part of the library: a recipe uses keras-lct's public API, and these few helpers
+that only recipes need. The recipes run as scripts (`python recipes/quickstart.py`), so Python
+finds this file beside them. It imports Keras (through keras-lct): a recipe imports it after
+parsing its command line, as it imports keras-lct, so that `--help` does not wait for a backend.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from keras_lct import metrics
+from keras_lct.callbacks import save_image_grid
+from keras_lct.saving import atomic_path
+from keras_lct.saving import write_json_atomic
+
+FRAME = -0.6  # the gray of the frame around each small image of a grid, in [-1, 1]
+
+
+def stage_printer(started):
+    """A `stage(message)` that prints `[    12 s] message` at once, the seconds since `started`.
+
+    Args:
+        started: the run's start, a `time.time()`.
+    """
+
+    def stage(message):
+        print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
+
+    return stage
+
+
+def features(network, images):
+    """The outputs of the feature `network` for `images`, as float64 NumPy."""
+    return np.asarray(network.predict(images, batch_size=256, verbose=0), np.float64)
+
+
+def scores(network, reference, images):
+    """The Frechet distance and recall (k = 3) of `images` against `reference`, features of real data.
+
+    Args:
+        network: the feature network (e.g. the quickstart's digits classifier up to its
+            penultimate layer), a Keras model from images to feature vectors.
+        reference: `features(network, real_images)`.
+        images: the images to score, as `network` takes them.
+
+    Returns:
+        `{"frechet_distance": float, "recall": float}`.
+    """
+    fake = features(network, images)
+    return {
+        "frechet_distance": metrics.frechet_distance(reference, fake),
+        "recall": metrics.precision_recall(reference, fake, k=3)["recall"],
+    }
+
+
+def claim_run_folder(path, settings, holder, advice, defaults=None):
+    """Writes `settings` to the JSON file `path`, or refuses a folder whose file holds other settings.
+
+    A run folder holds one run: resuming it, or adding to it, with other settings would mix two
+    runs. The settings are compared as JSON holds them (tuples as lists); a setting the file
+    lacks reads as its value in `defaults` (what files written before the setting existed
+    meant), else as None. Settings the file has and `settings` lacks are not compared.
+
+    Args:
+        path: the settings file, e.g. `OUTPUT/run.json`.
+        settings: a dict of what defines the run, JSON-serializable.
+        holder: what the folder holds, for the message: "another run", "an ablation".
+        advice: the sentence that says what to do instead.
+        defaults: optional dict of the meanings of settings that older files lack.
+
+    Raises:
+        SystemExit: naming every changed setting, `recorded -> now`; nothing is written.
+    """
+    settings = json.loads(json.dumps(settings))
+    if os.path.exists(path):
+        with open(path) as file:
+            recorded = dict(defaults or {}, **json.load(file))
+        changed = [f"{key}: {recorded.get(key)!r} -> {value!r}" for key, value in settings.items()
+                   if recorded.get(key) != value]
+        if changed:
+            raise SystemExit(
+                f"error: {os.path.dirname(path) or '.'} holds {holder} with other settings ({'; '.join(changed)}; "
+                f"see its {os.path.basename(path)}). {advice}"
+            )
+    write_json_atomic(path, settings)
+
+
+def framed(images, value=FRAME):
+    """`images` `(n, H, W, C)`, each inside a 1-pixel frame of `value`: `(n, H + 2, W + 2, C)`."""
+    return np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=value)
+
+
+def save_enlarged_grid(images, path, columns=None, factor=4):
+    """`keras_lct.callbacks.save_image_grid` of small images, each pixel a `factor` x `factor` block."""
+    save_image_grid(np.repeat(np.repeat(images, factor, axis=1), factor, axis=2), path, columns=columns)
+
+
+def new_figure(width, height):
+    """A matplotlib figure of `width` x `height` inches, drawn off-screen (no display, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path):
+    """Lays `figure` out and writes it to `path` as a PNG, atomically."""
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
