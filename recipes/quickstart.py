@@ -75,8 +75,8 @@ from keras_lct import analysis  # noqa: E402
 from keras_lct.callbacks import AdaptiveC  # noqa: E402
 from keras_lct.callbacks import ExpCurriculum  # noqa: E402
 from keras_lct.data import LatentDecoder  # noqa: E402
-from keras_lct.data import LatentNormalization  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
+from keras_lct.data import encode_latents  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
@@ -123,16 +123,7 @@ save_model_atomic(autoencoder, os.path.join(args.output, "autoencoder.keras"))
 
 # ## Latents: one posterior sample per digit, normalized per element to std 0.5.
 # The normalization travels with the consistency model, so model.keras can be decoded later.
-mean, logvar = (keras.ops.convert_to_numpy(part) for part in autoencoder.encode(train_pixels))
-noise = np.random.default_rng(args.seed).standard_normal(mean.shape).astype("float32")
-unscaled = mean + np.exp(0.5 * logvar) * noise  # z / s
-normalization = LatentNormalization(
-    scaling_factor=autoencoder.scaling_factor,
-    autoencoder_config=autoencoder.get_config(),
-    autoencoder_fingerprint=autoencoder.fingerprint(),
-)
-normalization.set_statistics(unscaled.mean(axis=0), unscaled.std(axis=0, ddof=1))
-latents = keras.ops.convert_to_numpy(normalization(autoencoder.scaling_factor * unscaled))
+latents, normalization = encode_latents(autoencoder, train_pixels, seed=args.seed)
 decode = LatentDecoder(normalization, autoencoder, batch_size=256)
 reconstruction_error = float(np.mean((decode(latents[:NUM_HOLDOUT]) - train_pixels[:NUM_HOLDOUT]) ** 2))
 stage(f"latents {latents.shape[1:]}: values in [{latents.min():.2f}, {latents.max():.2f}], "

@@ -68,6 +68,20 @@ def test_cache_holds_posterior_samples_and_their_statistics(tmp_path):
     assert info["autoencoder_config"]["block_out_channels"] == [8, 16]
 
 
+def test_in_memory_encoding_gives_the_latents_a_cache_would_hold(tmp_path):
+    images = write_images(tmp_path / "images", 7)
+    vae = tiny_vae()
+    pixels = np.stack([item.pixels for item in images.iter_images()]).astype("float32") / 127.5 - 1.0
+    latents, normalization = data.encode_latents(vae, pixels, seed=3, batch_size=3)  # a short last batch
+    unscaled = expected_latents(vae, images, seed=3).astype(np.float64) / vae.scaling_factor
+    mean, std = unscaled.mean(axis=0), unscaled.std(axis=0, ddof=1)
+    np.testing.assert_allclose(latents, (unscaled - mean) / std * 0.5, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalization.std), std, rtol=1e-4, atol=1e-5)
+    assert normalization.autoencoder_fingerprint == vae.fingerprint() and latents.dtype == np.float32
+    with pytest.raises(ValueError, match="square images"):
+        data.encode_latents(vae, pixels[:, :8])
+
+
 def test_normalized_view_feeds_paired_batches_without_a_copy(tmp_path):
     images = write_images(tmp_path / "images", 8)
     cache = data.build_latent_cache(images, tiny_vae(), tmp_path / "cache", verbose=0)

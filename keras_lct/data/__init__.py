@@ -3,7 +3,7 @@
 - `keras_lct.data.images`: image sources (`ImageFolder`, `TFDSImages`), with
   center crop / resize / RGB conversion and a report of skipped files;
 - `keras_lct.data.latents`: encoding to a memory-mapped latent cache with its
-  statistics (`build_latent_cache`, `LatentCache`) and the normalization
+  statistics (`build_latent_cache`, `LatentCache`; `encode_latents` in memory) and the normalization
   `x = (z / s - mean) / std * 0.5` (`LatentNormalization`);
 - `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches;
 - `keras_lct.data.checks`: the checks of what `fit` receives (`check_samples`,
@@ -27,6 +27,7 @@ from keras_lct.data.latents import LatentNormalization
 from keras_lct.data.latents import NormalizedLatents
 from keras_lct.data.latents import build_latent_cache
 from keras_lct.data.latents import denormalize_latents
+from keras_lct.data.latents import encode_latents
 from keras_lct.data.latents import normalize_latents
 from keras_lct.data.checks import check_samples
 from keras_lct.data.checks import checked_batches

@@ -325,6 +325,64 @@ def _check_same_autoencoder(normalization, autoencoder):
         )
 
 
+def encode_latents(autoencoder, images, seed=0, batch_size=256):
+    """Encodes in-memory images into normalized latents and their normalization.
+
+    The in-memory counterpart of `build_latent_cache` for a data set that fits
+    in memory: the same posterior samples (noise from `(seed, image index)`),
+    the same statistics of z / s (std with n - 1), so image i gets the latent
+    a cache of the same images would hold.
+
+    Args:
+        autoencoder: a `keras_lct.vae.AutoencoderKL` with its weights.
+        images: float images in the VAE's input range [-1, 1],
+            `(num_images, resolution, resolution, channels)`.
+        seed: seed of the posterior samples.
+        batch_size: images per encoder call.
+
+    Returns:
+        `(latents, normalization)`: the normalized float32 latents
+        `(z / s - mean) / std * 0.5` and the built `LatentNormalization`
+        holding their statistics and the autoencoder's identity (give it to
+        `ConsistencyModel(latent_normalization=...)`).
+
+    Example:
+    ```python
+    latents, normalization = encode_latents(vae, images_to_unit_range(digits))
+    model = ConsistencyModel(unet, latent_normalization=normalization)
+    ```
+
+    Reference: `docs/reference.md` "Latents".
+    """
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or len(images) < 2:
+        raise ValueError(
+            "encode_latents needs at least 2 square images of shape (num_images, resolution, resolution, "
+            f"channels); received shape {images.shape}."
+        )
+    check_seed("seed", seed)
+    check_int("batch_size", batch_size, minimum=1)
+    encoder = _compiled_encoder(autoencoder, images.shape[1])
+    batch_size = min(batch_size, len(images))
+    unscaled = np.concatenate(
+        [
+            _posterior_samples(autoencoder, encoder, images[start : start + batch_size],
+                               range(start, min(start + batch_size, len(images))), seed, batch_size)
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+    normalization = LatentNormalization(
+        scaling_factor=autoencoder.scaling_factor,
+        autoencoder_config=_plain_config(autoencoder),
+        autoencoder_fingerprint=autoencoder.fingerprint(),
+        name="latent_normalization",
+    )
+    unscaled64 = unscaled.astype(np.float64)
+    normalization.set_statistics(unscaled64.mean(axis=0), unscaled64.std(axis=0, ddof=1))
+    latents = ops.convert_to_numpy(normalization(unscaled * autoencoder.scaling_factor))
+    return np.asarray(latents, np.float32), normalization
+
+
 def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, shard_size=1024, verbose=1):
     """Encodes every image of `source` once into a latent cache folder; resumes if interrupted.
 
@@ -417,8 +475,11 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
         latents, indices, pending, report = [], [], [], ImageReport()
 
         def encode_pending():
-            latents.append(_encode_batch(autoencoder, encoder, pending, seed, batch_size))
-            indices.extend(image.index for image in pending)
+            pixels = images_to_unit_range(np.stack([image.pixels for image in pending]))
+            batch_indices = [image.index for image in pending]
+            samples = _posterior_samples(autoencoder, encoder, pixels, batch_indices, seed, batch_size)
+            latents.append(samples * np.float32(autoencoder.scaling_factor))
+            indices.extend(batch_indices)
             pending.clear()
 
         for item in itertools.islice(images, min(shard_size, len(source) - start)):
@@ -465,18 +526,18 @@ def _compiled_encoder(autoencoder, resolution):
     return keras.Model(images, autoencoder.encode(images))
 
 
-def _encode_batch(autoencoder, encoder, items, seed, batch_size):
-    images = images_to_unit_range(np.stack([item.pixels for item in items]))
+def _posterior_samples(autoencoder, encoder, images, indices, seed, batch_size):
+    """z / s, one posterior sample of each of `images` (float, in [-1, 1]) by its source index."""
     # A short batch is padded to the full size: one compiled shape for the whole run.
-    padded = np.concatenate([images, np.zeros((batch_size - len(items),) + images.shape[1:], np.float32)])
+    padded = np.concatenate([images, np.zeros((batch_size - len(images),) + images.shape[1:], np.float32)])
     mean, logvar = (
-        np.asarray(ops.convert_to_numpy(value), np.float32)[: len(items)] for value in encoder.predict_on_batch(padded)
+        np.asarray(ops.convert_to_numpy(value), np.float32)[: len(images)] for value in encoder.predict_on_batch(padded)
     )
-    noise = np.stack([_posterior_noise(mean.shape[1:], seed, item.index) for item in items])
+    noise = np.stack([_posterior_noise(mean.shape[1:], seed, index) for index in indices])
     sample = ops.convert_to_numpy(
         autoencoder.sample_posterior(ops.convert_to_tensor(mean), ops.convert_to_tensor(logvar), noise)
     )
-    return (sample * autoencoder.scaling_factor).astype(np.float32)
+    return np.asarray(sample, np.float32)
 
 
 def _posterior_noise(shape, seed, index):
