@@ -14,7 +14,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 import keras
 import pytest
 
-import keras_lct.layers.unet_blocks
+import keras_lct.layers.core
 
 
 # Tests marked backend_neutral exercise code that never reaches Keras' backend (NumPy-only math,
@@ -75,9 +75,11 @@ def uninterrupted_smoke_run(tmp_path_factory):
 def zero_initializers(monkeypatch):
     """Zeros for the layers' fan-in initializers, where a test needs shapes or files, not values.
 
-    JAX compiles a random initializer for every weight shape (~1 s each on this CPU).
+    JAX compiles a random initializer for every weight shape (~1 s each on this CPU). The UNet's and
+    the VAE's layers all take theirs from `keras_lct.layers.core.conv2d` / `dense`, which look
+    `fan_in_initializer` up in `keras_lct.layers.core` when they make a layer.
     """
-    monkeypatch.setattr(keras_lct.layers.unet_blocks, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
+    monkeypatch.setattr(keras_lct.layers.core, "fan_in_initializer", lambda fan_in, zero=False: "zeros")
 
 
 @pytest.fixture(autouse=True)

@@ -2,11 +2,13 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
 
 from keras_lct import layers
+from keras_lct.backend import use_fast_paths
 from layer_test_case import run_layer_test
 
 
@@ -177,14 +179,35 @@ def test_attention_block_against_numpy():
     normalized = numpy_layer_norm(x)
     kernel, bias = (numpy_of(w).astype("float64") for w in layer.qkv.weights)
     qkv = (normalized.reshape(6, 64) @ kernel.reshape(64, 192) + bias).reshape(6, 2, 32, 3)
-    q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-    logits = np.einsum("qhc,khc->hqk", q, k) / math.sqrt(32)
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    attended = np.einsum("hqk,khc->qhc", weights, v).reshape(6, 64)
+    q, k, v = qkv[None, ..., 0], qkv[None, ..., 1], qkv[None, ..., 2]
+    attended = numpy_attention(q, k, v).reshape(6, 64)
     proj_kernel, proj_bias = (numpy_of(w).astype("float64") for w in layer.proj.weights)
     expected = x.reshape(6, 64) + attended @ proj_kernel.reshape(64, 64) + proj_bias
     np.testing.assert_allclose(y.reshape(6, 64), expected, rtol=1e-3, atol=1e-3)
+
+
+def numpy_attention(query, key, value):
+    """softmax(q k^T / sqrt(d)) v in float64, for (batch, tokens, heads, d) arrays."""
+    query, key, value = (np.asarray(t, "float64") for t in (query, key, value))
+    logits = np.einsum("bqhc,bkhc->bhqk", query, key) / math.sqrt(query.shape[-1])
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return np.einsum("bhqk,bkhc->bqhc", weights / weights.sum(-1, keepdims=True), value)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_paths", "plain"])
+def test_dot_product_attention_against_numpy(fast):
+    rng = np.random.default_rng(6)
+    query = rng.normal(size=(2, 5, 2, 8)).astype("float32")
+    key, value = (rng.normal(size=(2, 7, 2, 8)).astype("float32") for _ in range(2))
+    low = [ops.cast(t, "bfloat16") for t in (query, key, value)]
+    with use_fast_paths(fast):  # the torch kernel (on torch) and the keras.ops code give the same values
+        attended = layers.dot_product_attention(query, key, value)
+        attended_low = layers.dot_product_attention(*low)
+    np.testing.assert_allclose(numpy_of(attended), numpy_attention(query, key, value), rtol=1e-5, atol=1e-5)
+    # bfloat16 in, bfloat16 out; computed in float32, so only the result's rounding is lost
+    assert keras.backend.standardize_dtype(attended_low.dtype) == "bfloat16"
+    expected_low = numpy_attention(*(numpy_of(ops.cast(t, "float32")) for t in low))
+    np.testing.assert_allclose(numpy_of(ops.cast(attended_low, "float32")), expected_low, rtol=1e-2, atol=1e-2)
 
 
 def test_unet_block_zero_init_makes_it_the_skip_path():

@@ -70,15 +70,15 @@ def test_mixed_bfloat16_with_float32_attention(monkeypatch):
     unet = UNet(**MICRO)
     randomize_zero_initialized_layers(unet)
     softmax_dtypes = []
-    import keras_lct.layers.unet_blocks as blocks
+    import keras_lct.layers.core as core
 
-    real_softmax = blocks.ops.softmax
+    real_softmax = core.ops.softmax
 
     def recording_softmax(x, axis=-1):
         softmax_dtypes.append(keras.backend.standardize_dtype(x.dtype))
         return real_softmax(x, axis=axis)
 
-    monkeypatch.setattr(blocks.ops, "softmax", recording_softmax)
+    monkeypatch.setattr(core.ops, "softmax", recording_softmax)
     x = np.random.default_rng(2).normal(size=(2, 8, 8, 2)).astype("float32")
     # The plain path (torch's fused attention casts to float32 before its kernel).
     with use_fast_paths(False):

@@ -269,7 +269,8 @@ def resample_2x(inputs, mode):
 def dot_product_attention(query, key, value):
     """`softmax(q k^T / sqrt(d)) v` for (batch, tokens, heads, d) inputs, in
     float32, by torch's fused attention kernel; returned as (batch, tokens,
-    heads, d) in the dtype of `value`; or None."""
+    heads, d) in the dtype of `value`; or None. The kernel of
+    `keras_lct.layers.core.dot_product_attention`, whose `keras.ops` code is the reference."""
     if not fast_paths_enabled():
         return None
     import torch.nn.functional as F

@@ -1,8 +1,21 @@
 """Layers of the latent consistency UNet, usable in any Keras model.
 
+`keras_lct.layers.core` holds what the UNet and the VAE share (the authors'
+initialization, `Conv2D`, `Dense`, `Dropout`, `Resample2D` and the one
+`dot_product_attention`); `keras_lct.layers.unet_blocks` the UNet's blocks.
+
 Reference: paper section 4.6 (NsLN, table 2d) and section 5.1 (the ADM UNet).
 """
 
+from keras_lct.layers.core import Conv2D
+from keras_lct.layers.core import Dense
+from keras_lct.layers.core import Dropout
+from keras_lct.layers.core import Resample2D
+from keras_lct.layers.core import conv2d
+from keras_lct.layers.core import dense
+from keras_lct.layers.core import dot_product_attention
+from keras_lct.layers.core import fan_in_initializer
+from keras_lct.layers.core import resampled_shape
 from keras_lct.layers.embedding import FourierEmbedding
 from keras_lct.layers.embedding import PositionalEmbedding
 from keras_lct.layers.normalization import NORMALIZATIONS
@@ -10,6 +23,4 @@ from keras_lct.layers.normalization import NonScalingLayerNormalization
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 from keras_lct.layers.unet_blocks import AttentionBlock
-from keras_lct.layers.unet_blocks import Conv2D
-from keras_lct.layers.unet_blocks import Resample2D
 from keras_lct.layers.unet_blocks import UNetBlock

@@ -1,150 +1,22 @@
-"""Building blocks of the ADM UNet: resampling, self-attention, the residual block.
+"""The ADM UNet's blocks: residual self-attention and the residual block.
 
-Initialization follows the authors' network (NVlabs EDM's DhariwalUNet):
-weights and biases uniform in +-1/sqrt(fan_in) (kaiming-uniform scaled by
-sqrt(1/3)), and zeros for the layers that end a residual branch (a block's
-second convolution, the attention output projection, the output convolution).
+Their convolutions, Dense layers, resampling and attention are the shared
+ones of `keras_lct.layers.core` (the authors' initialization: uniform in
++-1/sqrt(fan_in), zeros for the layers that end a residual branch: a
+block's second convolution, the attention output projection).
 """
-
-import math
 
 import keras
 from keras import ops
 
 from keras_lct.backend import fast_paths
+from keras_lct.layers.core import Dropout
+from keras_lct.layers.core import Resample2D
+from keras_lct.layers.core import conv2d
+from keras_lct.layers.core import dense
+from keras_lct.layers.core import dot_product_attention
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
-
-
-def fan_in_initializer(fan_in, zero=False):
-    """Uniform in +-1/sqrt(fan_in) (EDM's kaiming_uniform with weight sqrt(1/3)), or zeros."""
-    if zero:
-        return "zeros"
-    limit = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-limit, limit)
-
-
-@keras.saving.register_keras_serializable(package="keras_lct")
-class Conv2D(fast_paths.DirectNestedCall, keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that convolves channels_last data on torch without copies.
-
-    Keras' torch convolution copies each channels_last input to NCHW and its
-    output back; this layer hands torch a permuted view instead (an NCHW
-    tensor in channels_last memory, which oneDNN convolves natively) and fuses
-    the bias; its kernel is stored in the memory order torch convolves with
-    (same shape and values; `fast_paths.store_for_convolution`). Same
-    arguments, weights and results as `keras.layers.Conv2D`; other backends,
-    channels_first data and strided 'same' convolutions run Keras' own code.
-    See `keras_lct.backend.fast_paths`.
-
-    Example:
-    >>> conv = Conv2D(64, 3, padding="same")
-    >>> y = conv(np.zeros((2, 32, 32, 4)))
-    """
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        fast_paths.store_for_convolution(self.kernel)
-
-    def call(self, inputs):
-        if self.data_format == "channels_last" and self.groups == 1:
-            outputs = fast_paths.conv2d(
-                inputs,
-                self.kernel,
-                self.bias if self.use_bias else None,
-                self.strides,
-                self.padding,
-                self.dilation_rate,
-            )
-            if outputs is not None:
-                return outputs if self.activation is None else self.activation(outputs)
-        return super().call(inputs)
-
-
-def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, strides=1, padding="same"):
-    """A biased Conv2D ('same'-padded by default) with the authors' initialization."""
-    return Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding=padding,
-        kernel_initializer=fan_in_initializer(fan_in, zero),
-        bias_initializer=fan_in_initializer(fan_in, zero),
-        name=name,
-        dtype=dtype,
-    )
-
-
-@keras.saving.register_keras_serializable(package="keras_lct")
-class Dense(fast_paths.DirectNestedCall, keras.layers.Dense):
-    """`keras.layers.Dense`, called without Keras' per-call work from within a block on torch.
-
-    Same arguments, weights and results as `keras.layers.Dense`; see
-    `keras_lct.backend.fast_paths.DirectNestedCall`.
-    """
-
-
-@keras.saving.register_keras_serializable(package="keras_lct")
-class Dropout(fast_paths.DirectNestedCall, keras.layers.Dropout):
-    """`keras.layers.Dropout`, called without Keras' per-call work from within a block on torch.
-
-    Same arguments and results as `keras.layers.Dropout`; see
-    `keras_lct.backend.fast_paths.DirectNestedCall`.
-    """
-
-
-def dense(units, fan_in, name=None, dtype=None):
-    """A biased Dense layer with the authors' initialization."""
-    return Dense(
-        units,
-        kernel_initializer=fan_in_initializer(fan_in),
-        bias_initializer=fan_in_initializer(fan_in),
-        name=name,
-        dtype=dtype,
-    )
-
-
-@keras.saving.register_keras_serializable(package="keras_lct")
-class Resample2D(fast_paths.DirectNestedCall, keras.layers.Layer):
-    """Fixed [1, 1]-filter resampling: 2x2 average pooling or nearest x2 upsampling.
-
-    Args:
-        mode: `"down"` (halves H and W) or `"up"` (doubles them).
-        **kwargs: passed to `keras.layers.Layer`.
-
-    Call arguments:
-        inputs: a channels_last tensor `(batch, H, W, C)`.
-
-    Example:
-    >>> Resample2D("down")(np.zeros((1, 8, 8, 3))).shape
-    (1, 4, 4, 3)
-
-    Reference: ADM's resampling (paper section 5.1, the UNet of Dhariwal & Nichol).
-    """
-
-    def __init__(self, mode, **kwargs):
-        super().__init__(**kwargs)
-        if mode not in ("up", "down"):
-            raise ValueError(f"`mode` must be 'up' or 'down'; received {mode!r}.")
-        self.mode = mode
-
-    def call(self, inputs):
-        fast = fast_paths.resample_2x(inputs, self.mode)
-        if fast is not None:
-            return fast
-        if self.mode == "down":
-            return ops.average_pool(inputs, pool_size=2, strides=2, padding="valid")
-        return ops.repeat(ops.repeat(inputs, 2, axis=1), 2, axis=2)
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        scale = (lambda size: size // 2) if self.mode == "down" else (lambda size: size * 2)
-        return (batch, scale(height) if height else None, scale(width) if width else None, channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"mode": self.mode})
-        return config
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
@@ -152,8 +24,9 @@ class AttentionBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
     """Residual multi-head self-attention over the pixels of a feature map.
 
     `x + proj(softmax(q k^T / sqrt(C / heads)) v)` with q, k, v from a 1x1
-    convolution of `norm(x)`; the logits and the softmax are computed in
-    float32 under any dtype policy; `proj` starts at zero.
+    convolution of `norm(x)`; the attention is
+    `keras_lct.layers.core.dot_product_attention` (in float32 under any
+    dtype policy); `proj` starts at zero.
 
     Args:
         channels: C, the input and output channels.
@@ -200,12 +73,7 @@ class AttentionBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
         qkv = self.qkv(self.norm_layer(inputs))
         qkv = ops.reshape(qkv, (batch, height * width, self.num_heads, head_channels, 3))
         query, key, value = qkv[..., 0], qkv[..., 1], qkv[..., 2]
-        attended = fast_paths.dot_product_attention(query, key, value)
-        if attended is None:
-            logits = ops.einsum("bqhc,bkhc->bhqk", ops.cast(query, "float32"), ops.cast(key, "float32"))
-            weights = ops.softmax(logits / math.sqrt(head_channels), axis=-1)
-            attended = ops.einsum("bhqk,bkhc->bqhc", ops.cast(weights, value.dtype), value)
-        attended = ops.reshape(attended, (batch, height, width, self.channels))
+        attended = ops.reshape(dot_product_attention(query, key, value), (batch, height, width, self.channels))
         outputs = self.proj(attended) + inputs
         return outputs if self.skip_scale == 1 else outputs * self.skip_scale
 

@@ -7,12 +7,12 @@ denoiser F), section 4.6 / table 2d (the norm), `docs/reference.md` "Network".
 import keras
 from keras import ops
 
+from keras_lct.layers.core import conv2d
+from keras_lct.layers.core import dense
 from keras_lct.layers.embedding import PositionalEmbedding
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 from keras_lct.layers.unet_blocks import UNetBlock
-from keras_lct.layers.unet_blocks import conv2d
-from keras_lct.layers.unet_blocks import dense
 
 # The authors' network at these arguments; all on 32x32x4 latents, 4 channels out.
 _LATENT_32 = dict(img_resolution=32, in_channels=4, out_channels=4, channel_mult_emb=4, dropout=0.0)

@@ -12,7 +12,6 @@ Diffusion Models" (CVPR 2022), appendix; the paper's latent space (section 5.1).
 
 import hashlib
 import json
-import math
 
 import keras
 import numpy as np
@@ -20,9 +19,11 @@ from keras import ops
 
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
-from keras_lct.layers.unet_blocks import Resample2D
-from keras_lct.layers.unet_blocks import conv2d
-from keras_lct.layers.unet_blocks import dense
+from keras_lct.layers.core import Resample2D
+from keras_lct.layers.core import conv2d
+from keras_lct.layers.core import dense
+from keras_lct.layers.core import dot_product_attention
+from keras_lct.layers.core import resampled_shape
 
 EPSILON = 1e-6
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -202,8 +203,9 @@ class VAEAttention(keras.layers.Layer):
     """Single-head self-attention over the pixels, with a residual connection.
 
     `x + to_out(softmax(q k^T / sqrt(C)) v)` with `q, k, v` biased Dense
-    projections (over channels) of `GroupNorm(x)`; the attention runs in
-    float32 under any dtype policy.
+    projections (over channels) of `GroupNorm(x)`; the attention is
+    `keras_lct.layers.core.dot_product_attention` (one head of C channels,
+    in float32 under any dtype policy).
 
     Args:
         channels: C, the input and output channels.
@@ -240,9 +242,8 @@ class VAEAttention(keras.layers.Layer):
     def call(self, inputs):
         batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
         tokens = ops.reshape(self.group_norm(inputs), (batch, height * width, 1, self.channels))
-        query, key, value = (ops.cast(projection(tokens), "float32") for projection in (self.to_q, self.to_k, self.to_v))
-        attended = ops.dot_product_attention(query, key, value, scale=1.0 / math.sqrt(self.channels))
-        attended = ops.reshape(ops.cast(attended, self.compute_dtype), (batch, height, width, self.channels))
+        query, key, value = (projection(tokens) for projection in (self.to_q, self.to_k, self.to_v))
+        attended = ops.reshape(dot_product_attention(query, key, value), (batch, height, width, self.channels))
         return self.to_out(attended) + ops.cast(inputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -305,9 +306,7 @@ class VAEResample(keras.layers.Layer):
         return self.conv(self.upsample(inputs))
 
     def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        scale = (lambda size: size // 2) if self.mode == "down" else (lambda size: size * 2)
-        return (batch, scale(height) if height else None, scale(width) if width else None, channels)
+        return resampled_shape(input_shape, self.mode)
 
     def get_config(self):
         config = super().get_config()
