@@ -366,15 +366,12 @@ def plot_impulsive_noise(values, path, num_scales=21, seed=0, dpi=100):
 
     Reference: paper fig. 1.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     if not values:
         raise ValueError("`values` holds no group to plot.")
     rng = np.random.default_rng(check_seed("seed", seed))
-    figure = Figure(figsize=(9, 3.6 * len(values)), dpi=dpi)
-    FigureCanvasAgg(figure)
+    figure = new_figure(9, 3.6 * len(values), dpi=dpi)
     axes = figure.subplots(len(values), 2, squeeze=False)
     for row, (group, panels) in zip(axes, values.items()):
         for ax, (panel, label) in zip(row, (("data", f"{group} data"), ("td", f"{group} TD (N = {num_scales})"))):
@@ -394,7 +391,27 @@ def plot_impulsive_noise(values, path, num_scales=21, seed=0, dpi=100):
         Line2D([], [], color="red", marker=".", linestyle="", label="outliers"),
     ]
     figure.legend(handles=legend, loc="lower center", ncol=4, fontsize=9, frameon=False)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    save_figure(figure, path, rect=(0, 0.05, 1, 1))
+
+
+def new_figure(width, height, dpi=100):
+    """A matplotlib figure of `width` x `height` inches, drawn off-screen (no display, no pyplot).
+
+    Example:
+    >>> figure = new_figure(6, 4)
+    >>> ax = figure.subplots()
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path, rect=None):
+    """Lays `figure` out (inside `rect` of the figure, if given) and writes it as a PNG, atomically."""
+    figure.tight_layout(rect=rect)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
 

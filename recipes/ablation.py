@@ -103,15 +103,15 @@ from keras_lct.data import NoisePairedDataset  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
+from keras_lct.analysis import new_figure  # noqa: E402
+from keras_lct.analysis import save_figure  # noqa: E402
 from keras_lct.saving import atomic_path  # noqa: E402
 from keras_lct.saving import write_json_atomic  # noqa: E402
 
 from common import claim_run_folder  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import features  # noqa: E402
 from common import framed  # noqa: E402
-from common import new_figure  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
-from common import save_figure  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""What the recipes share, and only they: progress lines, sample scores, the run-folder guard, grids, figures.
+"""What the recipes share, and only they: progress lines, sample scores, the run-folder guard, grids.
 
 This is no part of the library: a recipe uses keras-lct's public API, and these few helpers
 that only recipes need. The recipes run as scripts (`python recipes/quickstart.py`), so Python
@@ -14,7 +14,6 @@ import numpy as np
 
 from keras_lct import metrics
 from keras_lct.callbacks import save_image_grid
-from keras_lct.saving import atomic_path
 from keras_lct.saving import write_json_atomic
 
 FRAME = -0.6  # the gray of the frame around each small image of a grid, in [-1, 1]
@@ -97,20 +96,3 @@ def framed(images, value=FRAME):
 def save_enlarged_grid(images, path, columns=None, factor=4):
     """`keras_lct.callbacks.save_image_grid` of small images, each pixel a `factor` x `factor` block."""
     save_image_grid(np.repeat(np.repeat(images, factor, axis=1), factor, axis=2), path, columns=columns)
-
-
-def new_figure(width, height):
-    """A matplotlib figure of `width` x `height` inches, drawn off-screen (no display, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def save_figure(figure, path):
-    """Lays `figure` out and writes it to `path` as a PNG, atomically."""
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)

@@ -80,6 +80,8 @@ from keras_lct.data import encode_latents  # noqa: E402
 from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
+from keras_lct.analysis import new_figure  # noqa: E402
+from keras_lct.analysis import save_figure  # noqa: E402
 from keras_lct.saving import atomic_path  # noqa: E402
 from keras_lct.saving import save_model_atomic  # noqa: E402
 from keras_lct.saving import write_json_atomic  # noqa: E402
@@ -88,9 +90,7 @@ from keras_lct.vae import AutoencoderTrainer  # noqa: E402
 
 from common import features  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import framed  # noqa: E402
-from common import new_figure  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
-from common import save_figure  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
 

@@ -49,8 +49,8 @@ from keras_lct.models import ConsistencyModel  # noqa: E402
 from keras_lct.models import MLPDenoiser  # noqa: E402
 from keras_lct.saving import write_json_atomic  # noqa: E402
 
-from common import new_figure  # noqa: E402  (recipes/common.py: what only the recipes share)
-from common import save_figure  # noqa: E402
+from keras_lct.analysis import new_figure  # noqa: E402
+from keras_lct.analysis import save_figure  # noqa: E402
 
 # ## The data: 8 Gaussians on a ring of radius 1, scaled to sigma_data = 0.5.
 rng = np.random.default_rng(args.seed)
