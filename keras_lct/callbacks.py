@@ -18,6 +18,8 @@ from keras_lct._validation import check_seed
 from keras_lct._validation import finite_samples
 from keras_lct.data.images import images_to_uint8
 from keras_lct.models.consistency import ConsistencyModel
+from keras_lct.models.schedule_state import MEASURED
+from keras_lct.models.schedule_state import check_robustness_constants
 from keras_lct.saving import atomic_path
 from keras_lct.saving import save_model_atomic
 
@@ -133,28 +135,49 @@ class AdaptiveC(keras.callbacks.Callback):
     4x4x4 latents it measured worse than eq. 11 as published
     (docs/results.md), so it is off by default.
 
+    `AdaptiveC("measured")` measures instead of assuming: the training step
+    keeps the spread of the TD values (student minus target), the geometric
+    mean over samples of each sample's TD RMS (`schedules.td_log_spread_sum`),
+    per curriculum stage. c = c0 during the first stage, then c0 times the
+    current stage's spread over the first stage's (`schedules.measured_c`),
+    the current stage's being that of its updates so far (the previous
+    stage's at a stage's first update). Eq. 11 was fitted to follow the TD
+    variance this way on one data set and run length; the measured c does it
+    for any, and sums over micro-batches and replicas as one batch would.
+
     Args:
         constants: `"paper"` (eq. 11: -1.18, -0.72), `"authors_code"`
-            (-1.15, -0.85) or a (slope, intercept) pair.
+            (-1.15, -0.85), a (slope, intercept) pair, or `"measured"`.
         c0: the initial scale; None for iCT's 0.00054 sqrt(d).
-        scale_with_dim: scale eq. 11 to the model's data size d.
+        scale_with_dim: scale eq. 11 to the model's data size d (not with
+            `"measured"`, which is relative to c0 already).
 
     Example:
     ```python
     model.fit(x, callbacks=[ExpCurriculum(steps), AdaptiveC("authors_code")])
     model.fit(small_latents, callbacks=[ExpCurriculum(steps), AdaptiveC(scale_with_dim=True)])
+    model.fit(latents, callbacks=[ExpCurriculum(steps), AdaptiveC("measured")])
     ```
 
-    Reference: paper section 4.5, eq. 11 and fig. 4.
+    Reference: paper section 4.5, eq. 11 and fig. 4; `docs/callbacks.md`
+    "The measured c".
     """
 
     def __init__(self, constants="paper", c0=None, scale_with_dim=False):
         super().__init__()
-        schedules.adaptive_c(2, constants)  # validates
+        if check_robustness_constants(constants) is None:
+            raise ValueError(
+                "`constants` must name a c schedule; received None. For c = c0 throughout, train without AdaptiveC."
+            )
         if c0 is not None:
             schedules.robustness_c(2, c0)  # validates
         if not isinstance(scale_with_dim, bool):
             raise ValueError(f"`scale_with_dim` must be True or False; received {scale_with_dim!r}.")
+        if scale_with_dim and constants == MEASURED:
+            raise ValueError(
+                "`scale_with_dim=True` scales eq. 11, but `constants=\"measured\"` follows the TD values "
+                "relative to c0, which already scales with the data size; drop `scale_with_dim`."
+            )
         self.constants = constants
         self.c0 = c0
         self.scale_with_dim = scale_with_dim

@@ -16,6 +16,7 @@ import math
 
 from keras import ops
 
+from keras_lct import losses
 from keras_lct._validation import check_choice
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
@@ -33,6 +34,8 @@ FINAL_NUM_SCALES = CURRICULUM_S1 + 1  # the grid of N = s1 intervals the curricu
 ICT_C0_PER_SQRT_DIM = 0.00054
 # d of the paper's CelebA-HQ latents, where eq. 11 was fitted.
 PAPER_LATENT_DIM = 32 * 32 * 4
+# The smallest per-sample TD RMS `td_log_spread_sum` takes the logarithm of (a zero TD stays finite).
+TD_RMS_FLOOR = 1e-12
 
 # (slope, intercept) of c = exp(slope * ln(N - 1) + intercept).
 ADAPTIVE_C_CONSTANTS = {
@@ -288,6 +291,61 @@ def robustness_c(num_scales, c0, s0=CURRICULUM_S0, constants="paper"):
     n = ops.cast(num_scales, "float32")
     adaptive = adaptive_c(ops.maximum(n, 2.0), constants)
     return ops.where(n > ops.cast(s0, "float32") + 1.0, adaptive, c0)
+
+
+def td_log_spread_sum(student, target):
+    """The TD spread statistic of a batch: `(sum over samples of ln r_i, number of samples)`.
+
+    `r_i = sqrt(mean over sample i's elements of (student_i - target_i)^2)`
+    is the RMS of the sample's temporal difference (floored at
+    `TD_RMS_FLOOR`). `exp(sum / count)` is the geometric mean of the r_i:
+    the logarithm compresses the rare huge TDs of impulsive latent samples,
+    and, being a sum, the statistic of a batch is the sum of those of its
+    parts (micro-batches, replicas).
+
+    Args:
+        student, target: batches of the same shape `(batch, ...)`, e.g. the
+            student output and the stop-gradient target of a training step.
+
+    Returns:
+        `(log_rms_sum, count)`: a float32 scalar and an int32 scalar.
+
+    Example:
+    >>> log_sum, count = td_log_spread_sum(np.full((2, 3), 0.5), np.zeros((2, 3)))
+    >>> round(math.exp(float(log_sum) / int(count)), 6), int(count)
+    (0.5, 2)
+
+    Reference: paper section 4.5; `docs/reference.md` "Robustness scale c".
+    """
+    mean_square = losses.mean_squared_residual(student, target)
+    log_rms = 0.5 * ops.log(ops.maximum(mean_square, TD_RMS_FLOOR**2))
+    return ops.sum(log_rms), ops.cast(ops.shape(mean_square)[0], "int32")
+
+
+def measured_c(c0, first_log_spread, stage_log_spread):
+    """c of the measured schedule: `c0 * exp(stage_log_spread - first_log_spread)`.
+
+    c0 scaled by the ratio of a stage's TD spread (the geometric mean of
+    the per-sample TD RMS, see `td_log_spread_sum`) to that of the
+    curriculum's first stage: c follows the TD values as N grows, as eq. 11
+    was fitted to do, but for the data and run at hand.
+
+    Args:
+        c0: c of the first stage, e.g. `ict_c0(dim)`; a number or tensor.
+        first_log_spread: the mean of ln r_i over the first stage.
+        stage_log_spread: the mean of ln r_i over the stage c is for.
+
+    Returns:
+        float32 tensor.
+
+    Example:
+    >>> round(float(measured_c(0.03456, -3.0, -3.0 - math.log(2.0))), 5)
+    0.01728
+
+    Reference: paper section 4.5, eq. 11; `docs/reference.md` "Robustness scale c".
+    """
+    log_ratio = ops.cast(stage_log_spread, "float32") - ops.cast(first_log_spread, "float32")
+    return ops.cast(c0, "float32") * ops.exp(log_ratio)
 
 
 def precondition(sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):

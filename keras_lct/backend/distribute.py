@@ -3,7 +3,8 @@
 `start_data_parallel` sets up the active backend's own engine (see
 `keras_lct.distribute`); the step then asks `replica_position` which part
 of an update this replica computes, `scaled_for_replica_sum` for the loss
-(tensorflow sums the replicas' gradients), and `fit` runs in
+(tensorflow sums the replicas' gradients), `sum_over_replicas` for the
+whole update's TD statistic, and `fit` runs in
 `gradients_averaged_over_processes` (torch under torchrun, which Keras'
 released torch backend does not cover).
 """
@@ -36,6 +37,31 @@ def replica_position():
     if processes is not None:
         return processes.process_index, processes.process_count
     return 0, 1
+
+
+def sum_over_replicas(value):
+    """`value` summed over the replicas that compute one update together; every replica gets the sum.
+
+    tensorflow in a `tf.distribute` replica context of more than one
+    replica: the context's `all_reduce`. torch under
+    `keras_lct.distribute.data_parallel` (torchrun): `torch.distributed.all_reduce`.
+    Otherwise, and on jax, whose `DataParallel` step sees the global batch:
+    `value` itself.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+        return value
+    if _torch_processes() is None:
+        return value
+    import torch.distributed as dist
+
+    total = value.detach().clone().contiguous()
+    dist.all_reduce(total)
+    return total
 
 
 def _torch_processes():

@@ -34,6 +34,7 @@ from keras_lct.data.paired import NoisePairedDataset
 from keras_lct.models import sampler
 from keras_lct.models.ema import WeightAverages
 from keras_lct.models.ema import check_decay
+from keras_lct.models.schedule_state import TD_STATISTICS
 from keras_lct.models.schedule_state import ScheduleState
 from keras_lct.models.schedule_state import model_state_variable
 from keras_lct.models.unet import UNet
@@ -235,6 +236,7 @@ class ConsistencyModel(keras.Model):
         )
         self.ema = WeightAverages(self, self.network.trainable_variables, self.ema_decays)
         self.micro_batch = model_state_variable(self, "micro_batch", "int32", 0)
+        self.schedule.add_td_statistics(self)
         self.built = True
 
     def _build_network(self, data_shape):
@@ -325,14 +327,22 @@ class ConsistencyModel(keras.Model):
             self.robustness_c_tracker.update_state(robustness_c)
             if training:
                 # N, c, the EMA and the step count optimizer updates, not micro-batches.
+                update_complete = True
                 if micro_batches == 1:
                     self.ema.update()
                     self.training_step.assign(step + 1)
                 else:
+                    update_complete = ops.equal(micro_batch, micro_batches - 1)
                     self.ema.update(first_micro_batch=ops.equal(micro_batch, 0))
-                    self.training_step.assign(step + ops.cast(ops.equal(micro_batch, micro_batches - 1), "int32"))
+                    self.training_step.assign(step + ops.cast(update_complete, "int32"))
                     self.micro_batch.assign(ops.mod(micro_batch + 1, micro_batches))
-                self.schedule.record(num_scales, robustness_c)
+                # The TD statistic of the whole update's batch: every replica keeps the same.
+                td_log_sum, td_samples = schedules.td_log_spread_sum(ops.stop_gradient(student), target)
+                td_statistic = engine.sum_over_replicas(ops.stack([td_log_sum, ops.cast(td_samples, "float32")]))
+                self.schedule.record(
+                    num_scales, robustness_c, td_statistic[0], ops.cast(ops.round(td_statistic[1]), "int32"),
+                    update_complete,
+                )
         return engine.scaled_for_replica_sum(total)
 
     def _training_draws(self, clean, noise, step, num_scales, share=0, shares=1):
@@ -498,6 +508,21 @@ class ConsistencyModel(keras.Model):
             )
 
     # ----------------------------------------------------------- serialization
+    def load_own_variables(self, store):
+        """Loads the model's own state; a `.keras` file saved before the TD statistics existed loads too.
+
+        Such a file holds every other variable, in this order; the TD
+        statistics (`ScheduleState.add_td_statistics`, created last) then
+        start empty, as at a run's first step.
+        """
+        own = self._trainable_variables + self._non_trainable_variables
+        before_td_statistics = len(own) - len(TD_STATISTICS)
+        if len(store.keys()) != before_td_statistics:
+            super().load_own_variables(store)
+            return
+        for index, variable in enumerate(own[:before_td_statistics]):
+            variable.assign(store[f"{index}"])
+
     def get_compile_config(self):
         # A jit_compile equal to what "auto" gives on this backend is stored as
         # "auto": a model saved under JAX (XLA on) would otherwise load on torch
