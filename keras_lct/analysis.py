@@ -14,10 +14,15 @@ cannot have, and they reach the TD values the robust loss must absorb.
 - `plot_impulsive_noise(values, path)`: the 2x2 (or 1x2) figure as a PNG.
 - `with_impulsive_outliers(values, fraction)`: data with injected impulsive
   outliers, to test a method on the heavy tails the data at hand may lack.
+- `measured_c_on_gaussian_data(dim, total_steps)`: the schedule of
+  `AdaptiveC("measured")` predicted without a network, on Gaussian data
+  whose consistency function is exact, against eq. 11 (paper section 4.5);
+  `plot_measured_c(results, path)` draws it.
 
-Reference: paper section 4.1, fig. 1.
+Reference: paper section 4.1, fig. 1; section 4.5, eq. 11.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -25,6 +30,7 @@ from keras import ops
 
 from keras_lct import schedules
 from keras_lct._validation import check_int
+from keras_lct._validation import check_positive
 from keras_lct._validation import check_seed
 from keras_lct.models.consistency import ConsistencyModel
 from keras_lct.saving import atomic_path
@@ -392,6 +398,164 @@ def plot_impulsive_noise(values, path, num_scales=21, seed=0, dpi=100):
     ]
     figure.legend(handles=legend, loc="lower center", ncol=4, fontsize=9, frameon=False)
     save_figure(figure, path, rect=(0, 0.05, 1, 1))
+
+
+def measured_c_on_gaussian_data(
+    dim,
+    total_steps,
+    batch_size=128,
+    sigma_data=schedules.SIGMA_DATA,
+    seed=0,
+    c0=None,
+    s0=schedules.CURRICULUM_S0,
+    s1=schedules.CURRICULUM_S1,
+    steps_per_chunk=8,
+):
+    """The c schedule of `AdaptiveC("measured")` on Gaussian data, where the consistency function is exact.
+
+    For data x0 ~ N(0, sigma_data^2 I) of `dim` elements the probability-flow
+    ODE keeps `x_t / sqrt(sigma_data^2 + t^2)` constant, so the consistency
+    function is `f(x_t, t) = x_t sqrt(sigma_data^2 + sigma_min^2) /
+    sqrt(sigma_data^2 + t^2)`: the model training would converge to. Every
+    step of eq. 10's curriculum over `total_steps` draws `batch_size`
+    samples, their grid indices i from the lognormal table as the model's
+    step does, and one z each; the TD is `f(x0 + t z, t) - f(x0 + t2 z, t2)`
+    (t = sigma_i, t2 = sigma_{i+1}) and its statistic
+    `schedules.td_log_spread_sum`. A stage's c is `schedules.measured_c` of
+    its mean ln r_i against the first stage's: the value the measured c
+    settles at within that stage.
+
+    Args:
+        dim: d, the elements of one sample (4096 for 32x32x4 latents).
+        total_steps: K of eq. 10, the run's optimizer steps.
+        batch_size: samples per step.
+        sigma_data: the data's standard deviation (0.5).
+        seed: seed of the NumPy draws.
+        c0: c of the first stage; None for iCT's 0.00054 sqrt(d).
+        s0, s1: the curriculum's initial and final number of intervals.
+        steps_per_chunk: steps drawn at once (memory: `steps_per_chunk *
+            batch_size * dim` float32 values, three times).
+
+    Returns:
+        dict of plain numbers: `dim`, `total_steps`, `stage_length`,
+        `batch_size`, `sigma_data`, `seed`, `c0`, `stages` (one dict per
+        stage: `num_scales`, `steps`, `samples`, `log_spread` (mean ln r_i),
+        `measured_c`, `eq11_c` (the library's eq. 11 schedule,
+        `schedules.robustness_c`: c0 in the first stage), `eq11_dim_scaled_c`
+        (eq. 11 times sqrt(d / 4096)) and `ratio` = measured / eq. 11), and
+        `slope`, the least-squares slope of ln(measured c) against ln(N - 1)
+        (eq. 11's is -1.18).
+
+    Example:
+    ```python
+    result = measured_c_on_gaussian_data(4096, total_steps=7 * 200)
+    print([round(stage["ratio"], 2) for stage in result["stages"]], result["slope"])
+    plot_measured_c([result], "measured_c.png")
+    ```
+
+    Reference: paper section 4.5, eq. 10 and 11; `docs/callbacks.md` "The measured c".
+    """
+    dim = check_int("dim", dim, minimum=1)
+    total_steps = check_int("total_steps", total_steps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    steps_per_chunk = check_int("steps_per_chunk", steps_per_chunk, minimum=1)
+    sigma_data = check_positive("sigma_data", sigma_data)
+    c0 = schedules.ict_c0(dim) if c0 is None else check_positive("c0", c0)
+    stage_length = schedules.curriculum_stage_length(total_steps, s0, s1)
+    rng = np.random.default_rng(check_seed("seed", seed))
+    scale_at_sigma_min = math.sqrt(sigma_data**2 + schedules.SIGMA_MIN**2)
+
+    def consistency_function(x, sigma):
+        return x * (scale_at_sigma_min / np.sqrt(sigma_data**2 + np.square(sigma)))[:, None].astype(np.float32)
+
+    num_scales_of_step = ops.convert_to_numpy(
+        schedules.curriculum_num_scales(np.arange(total_steps), stage_length, s0, s1)
+    )
+    stages = []
+    for num_scales, stage_steps in itertools.groupby(num_scales_of_step.tolist()):
+        num_scales, steps = int(num_scales), len(list(stage_steps))
+        sigmas = ops.convert_to_numpy(schedules.karras_sigmas(num_scales)).astype(np.float64)
+        probabilities = schedules.lognormal_index_probabilities(num_scales)
+        log_sum, samples = 0.0, 0
+        for start in range(0, steps, steps_per_chunk):
+            count = min(steps_per_chunk, steps - start) * batch_size
+            index = ops.convert_to_numpy(schedules.sample_from_probabilities(probabilities, rng.random(count)))
+            t, next_t = sigmas[index], sigmas[index + 1]
+            clean = np.float32(sigma_data) * rng.standard_normal((count, dim), dtype=np.float32)
+            noise = rng.standard_normal((count, dim), dtype=np.float32)
+            student = consistency_function(clean + t[:, None].astype(np.float32) * noise, t)
+            target = consistency_function(clean + next_t[:, None].astype(np.float32) * noise, next_t)
+            chunk_sum, chunk_samples = schedules.td_log_spread_sum(student, target)
+            log_sum += float(ops.convert_to_numpy(chunk_sum))
+            samples += int(ops.convert_to_numpy(chunk_samples))
+        stages.append({"num_scales": num_scales, "steps": steps, "samples": samples, "log_spread": log_sum / samples})
+    scaled = schedules.dim_scaled_constants(dim)
+    for stage in stages:
+        n = stage["num_scales"]
+        stage["measured_c"] = float(ops.convert_to_numpy(schedules.measured_c(c0, stages[0]["log_spread"], stage["log_spread"])))
+        stage["eq11_c"] = float(ops.convert_to_numpy(schedules.robustness_c(n, c0, s0, "paper")))
+        stage["eq11_dim_scaled_c"] = float(ops.convert_to_numpy(schedules.robustness_c(n, c0, s0, scaled)))
+        stage["ratio"] = stage["measured_c"] / stage["eq11_c"]
+    slope = None
+    if len(stages) > 1:
+        log_intervals = np.log([stage["num_scales"] - 1.0 for stage in stages])
+        slope = float(np.polyfit(log_intervals, np.log([stage["measured_c"] for stage in stages]), 1)[0])
+    return {
+        "dim": dim,
+        "total_steps": total_steps,
+        "stage_length": stage_length,
+        "batch_size": batch_size,
+        "sigma_data": sigma_data,
+        "seed": seed,
+        "c0": c0,
+        "stages": stages,
+        "slope": slope,
+    }
+
+
+def plot_measured_c(results, path, dpi=100):
+    """Writes c against N (log-log) as a PNG: the measured c and eq. 11, one colour per data size.
+
+    Args:
+        results: one result of `measured_c_on_gaussian_data`, or a list of them.
+        path: the PNG file to write (atomically; folders are created).
+        dpi: resolution of the PNG.
+
+    Example:
+    ```python
+    plot_measured_c([measured_c_on_gaussian_data(4096, 1400), measured_c_on_gaussian_data(64, 1400)], "c.png")
+    ```
+
+    Reference: paper section 4.5, eq. 11 and fig. 4 (left).
+    """
+    results = [results] if isinstance(results, dict) else list(results)
+    if not results:
+        raise ValueError("`results` holds no result of `measured_c_on_gaussian_data` to plot.")
+    figure = new_figure(6.4, 4.4, dpi=dpi)
+    ax = figure.subplots()
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    for result, colour in zip(results, colours * len(results)):
+        n = [stage["num_scales"] for stage in result["stages"]]
+        label = f"d = {result['dim']}"
+        ax.plot(n, [stage["measured_c"] for stage in result["stages"]], "o-", color=colour,
+                label=f"measured, {label} (slope {result['slope']:.2f})" if result["slope"] is not None else f"measured, {label}")
+        if result["dim"] != schedules.PAPER_LATENT_DIM:
+            ax.plot(n, [stage["eq11_dim_scaled_c"] for stage in result["stages"]], ":", color=colour,
+                    label=f"eq. 11 x sqrt(d / 4096), {label}")
+    reference = results[0]["stages"]
+    n = [stage["num_scales"] for stage in reference]
+    ax.plot(n, [float(ops.convert_to_numpy(schedules.adaptive_c(value))) for value in n], "k--",
+            label="eq. 11: exp(-1.18 ln(N - 1) - 0.72)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(n)
+    ax.set_xticklabels([str(value) for value in n])
+    ax.minorticks_off()
+    ax.set_xlabel("N (discretization levels)")
+    ax.set_ylabel("c")
+    ax.set_title("Robustness scale c per curriculum stage: measured on Gaussian data vs eq. 11", fontsize=9)
+    ax.legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def new_figure(width, height, dpi=100):
