@@ -474,12 +474,14 @@ def measured_c_on_gaussian_data(
     stages = []
     for num_scales, stage_steps in itertools.groupby(num_scales_of_step.tolist()):
         num_scales, steps = int(num_scales), len(list(stage_steps))
-        sigmas = ops.convert_to_numpy(schedules.karras_sigmas(num_scales)).astype(np.float64)
-        probabilities = schedules.lognormal_index_probabilities(num_scales)
+        # Shapes of s1 + 1 levels at every N, as in the model's step: one compiled op per shape.
+        sigmas = ops.convert_to_numpy(schedules.karras_sigma(np.arange(s1 + 1), num_scales)).astype(np.float64)
+        probabilities = schedules.lognormal_index_probabilities(num_scales, size=s1)
         log_sum, samples = 0.0, 0
         for start in range(0, steps, steps_per_chunk):
             count = min(steps_per_chunk, steps - start) * batch_size
-            index = ops.convert_to_numpy(schedules.sample_from_probabilities(probabilities, rng.random(count)))
+            uniform = rng.random(count, dtype=np.float32)
+            index = ops.convert_to_numpy(schedules.sample_from_probabilities(probabilities, uniform))
             t, next_t = sigmas[index], sigmas[index + 1]
             clean = np.float32(sigma_data) * rng.standard_normal((count, dim), dtype=np.float32)
             noise = rng.standard_normal((count, dim), dtype=np.float32)

@@ -129,6 +129,7 @@ class StateRecorder(keras.callbacks.Callback):
         })
 
 
+@pytest.mark.compiled_step
 def test_in_fit_every_step_logs_c0_times_the_spread_ratio_of_its_state():
     model = toy_model()
     c0 = schedules.ict_c0(2)
