@@ -31,22 +31,24 @@ import os
 CURRICULUM_STAGES = 7
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dims", type=int, nargs="+", default=[4096, 64],
+    parser.add_argument("--dims", type=positive_int, nargs="+", default=[4096, 64],
                         help="data sizes d to predict the schedule for (default: %(default)s)")
-    parser.add_argument("--steps-per-stage", type=int, default=100,
+    parser.add_argument("--steps-per-stage", type=positive_int, default=100,
                         help="steps of each curriculum stage, K' of eq. 10 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=128, help="samples per step (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="samples per step (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
     parser.add_argument("--output", default="runs/measured_c", help="folder for the PNG and JSON (default: %(default)s)")
-    args = parser.parse_args(argv)
-    for name in ("steps_per_stage", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if min(args.dims) < 1:
-        parser.error("--dims must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
