@@ -193,3 +193,13 @@ def test_the_recipe_prints_the_schedule_and_writes_its_figure(tmp_path):
     assert "log-log slope" in result.stdout and "641" in result.stdout
     assert (tmp_path / "measured_c.png").stat().st_size > 0
     assert (tmp_path / "measured_c.json").stat().st_size > 0
+
+
+@pytest.mark.backend_neutral
+def test_the_recipe_answers_help_and_refuses_bad_sizes():
+    result = run_recipe("measured_c.py", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for option in ("--dims", "--steps-per-stage", "--batch-size", "--seed", "--output"):
+        assert option in result.stdout
+    refused = run_recipe("measured_c.py", "--steps-per-stage", "0", timeout=120)
+    assert refused.returncode == 2 and "must be an integer >= 1" in refused.stderr

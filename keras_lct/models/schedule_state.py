@@ -128,7 +128,8 @@ class ScheduleState:
         stage_length = ops.convert_to_tensor(self.curriculum_stage_length)
         s0 = ops.convert_to_tensor(self.curriculum_s0)
         curriculum_n = schedules.curriculum_num_scales(step, stage_length, s0, self.curriculum_s1.value)
-        num_scales = ops.minimum(ops.where(stage_length > 0, curriculum_n, self.num_scales.value), self.max_num_scales)
+        num_scales = ops.where(stage_length > 0, curriculum_n, self.num_scales.value)
+        num_scales = ops.minimum(num_scales, self.max_num_scales)
         c0 = ops.convert_to_tensor(self.c0)
         adaptive = schedules.robustness_c(
             num_scales, c0, s0, (self.adaptive_c_slope.value, self.adaptive_c_intercept.value)
