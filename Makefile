@@ -8,6 +8,7 @@
 #               at once (see docs/testing.md); each backend's log is in runs/test-logs/.
 #   NEUTRAL_BACKEND the backend that runs the tests marked backend_neutral (torch if listed).
 #   TEST_THREADS threads each backend's frameworks may use (1: the runs share the cores).
+#   TEST_WORKERS pytest-xdist workers per backend (2: the backends' runs end together; 0: none).
 #   PYTEST_ARGS extra pytest arguments, e.g. PYTEST_ARGS="-x -k losses".
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,6 +18,7 @@ BACKENDS ?= jax torch tensorflow
 PYTEST_ARGS ?=
 NEUTRAL_BACKEND ?= $(if $(filter torch,$(BACKENDS)),torch,$(firstword $(BACKENDS)))
 TEST_THREADS ?= 1
+TEST_WORKERS ?= 2
 TEST_LOGS := runs/test-logs
 TEST_TMP := runs/test-tmp
 DEMO_BACKEND ?= jax
@@ -48,6 +50,7 @@ test: install
 		if KERAS_BACKEND=$$backend KERAS_LCT_NEUTRAL_BACKEND=$(NEUTRAL_BACKEND) \
 			OMP_NUM_THREADS=$(TEST_THREADS) TF_NUM_INTRAOP_THREADS=$(TEST_THREADS) \
 			$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/$(TEST_TMP)/$$backend" \
+			$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --no-loadscope-reorder) \
 			$(PYTEST_ARGS) > $$log 2>&1; \
 		then lines=1; else lines=80; echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
 		{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; tail -n $$lines $$log; } > $$log.summary; \

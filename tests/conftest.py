@@ -50,13 +50,45 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+# Under pytest-xdist (`make test`: `-n 2`) each group of tests runs whole on one worker: a module's
+# tests share its fixtures, and the recipe and fault tests share the session's smoke run.
+SHARED_GROUPS = {"test_recipes": "smoke_run", "test_faults": "smoke_run"}
+# The longest groups (docs/testing.md's durations) start first, so that none starts last.
+LONGEST_GROUPS = ("smoke_run", "test_quickstart", "test_distribute", "test_evaluate_recipe", "test_analysis",
+                  "test_bad_input", "test_consistency", "test_backend_ops", "test_scale_out", "test_unet")
+
+
+def worker_group(nodeid):
+    """The group of the test `nodeid` ("tests/test_x.py::test_y[...]"): its module, or a shared group."""
+    module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+    return SHARED_GROUPS.get(module, module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # Not `--dist loadgroup`: xdist 3.8 marks its groups in a node attribute pytest 9 no longer reads.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return worker_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    if NEUTRAL_BACKEND in (None, keras.backend.backend()):
-        return
-    neutral = [item for item in items if item.get_closest_marker("backend_neutral")]
-    if neutral:
-        config.hook.pytest_deselected(items=neutral)
-        items[:] = [item for item in items if item not in neutral]
+    if NEUTRAL_BACKEND not in (None, keras.backend.backend()):
+        neutral = [item for item in items if item.get_closest_marker("backend_neutral")]
+        if neutral:
+            config.hook.pytest_deselected(items=neutral)
+            items[:] = [item for item in items if item not in neutral]
+    if hasattr(config, "workerinput"):  # an xdist worker: the order its controller schedules the groups in
+
+        def start_rank(item):
+            group = worker_group(item.nodeid)
+            return LONGEST_GROUPS.index(group) if group in LONGEST_GROUPS else len(LONGEST_GROUPS)
+
+        items.sort(key=start_rank)  # stable: each group keeps its order
 
 
 @pytest.fixture(scope="session")
