@@ -90,6 +90,7 @@ from keras_lct.vae import AutoencoderTrainer  # noqa: E402
 
 from common import features  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import framed  # noqa: E402
+from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
@@ -259,6 +260,7 @@ results.update(
     autoencoder_reconstruction_mse=reconstruction_error,
     num_samples=NUM_HOLDOUT,
     reference="features of the training digits",
+    **run_provenance(backend),  # date (UTC, the run's end), commit, versions: for recipes/report.py
 )
 write_json_atomic(os.path.join(args.output, "metrics.json"), results)
 
