@@ -21,7 +21,8 @@ pixels that ship with the package; nothing is downloaded):
     KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 2-minute smoke run
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
-2-step samples), training.png (the curves), metrics.json, model.keras (sample from it later with
+2-step samples), training.png (the curves), metrics.json (with the run's date, commit and
+versions; recipes/report.py renders the docs' tables from it), model.keras (sample from it later with
 recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras, features.keras
 (the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
 and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
