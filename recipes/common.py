@@ -1,4 +1,4 @@
-"""What the recipes share, and only they: progress lines, sample scores, the run-folder guard, grids.
+"""What the recipes share, and only they: progress lines, sample scores, the run-folder guard, grids, provenance.
 
 This is no part of the library: a recipe uses keras-lct's public API, and these few helpers
 that only recipes need. The recipes run as scripts (`python recipes/quickstart.py`), so Python
@@ -6,8 +6,11 @@ finds this file beside them. It imports Keras (through keras-lct): a recipe impo
 parsing its command line, as it imports keras-lct, so that `--help` does not wait for a backend.
 """
 
+import datetime
+import importlib
 import json
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -86,6 +89,45 @@ def claim_run_folder(path, settings, holder, advice, defaults=None):
                 f"see its {os.path.basename(path)}). {advice}"
             )
     write_json_atomic(path, settings)
+
+
+def git_commit(folder):
+    """The short commit of the git checkout holding `folder`, `" (modified)"` appended when tracked files changed.
+
+    "unknown" when git is not installed, `folder` is in no checkout, or git fails in any other
+    way: a run's record never stops the run. Untracked files do not count as a modification.
+    """
+
+    def git(*arguments):
+        return subprocess.run(["git", *arguments], cwd=folder, capture_output=True, text=True, timeout=30, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        modified = git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + " (modified)" if modified else commit) or "unknown"
+
+
+def run_provenance(backend):
+    """What a run's metrics need to be traced: `{"date", "commit", "versions"}`.
+
+    `date` is now, in UTC (ISO 8601, to the second); `commit` is `git_commit` of the recipes'
+    folder; `versions` maps keras, keras_lct and the backend's framework (jax, torch,
+    tensorflow) to their versions ("unknown" where a module has none).
+    """
+    modules = ("keras", "keras_lct", backend)
+    versions = {}
+    for name in dict.fromkeys(modules):
+        try:
+            versions[name] = str(getattr(importlib.import_module(name), "__version__", "unknown"))
+        except ImportError:
+            versions[name] = "unknown"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(os.path.dirname(os.path.abspath(__file__))),
+        "versions": versions,
+    }
 
 
 def framed(images, value=FRAME):

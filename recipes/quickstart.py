@@ -21,7 +21,8 @@ pixels that ship with the package; nothing is downloaded):
     KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 2-minute smoke run
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
-2-step samples), training.png (the curves), metrics.json, model.keras (sample from it later with
+2-step samples), training.png (the curves), metrics.json (with the run's date, commit and
+versions; recipes/report.py renders the docs' tables from it), model.keras (sample from it later with
 recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras, features.keras
 (the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
 and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
@@ -90,6 +91,7 @@ from keras_lct.vae import AutoencoderTrainer  # noqa: E402
 
 from common import features  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import framed  # noqa: E402
+from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
@@ -259,6 +261,7 @@ results.update(
     autoencoder_reconstruction_mse=reconstruction_error,
     num_samples=NUM_HOLDOUT,
     reference="features of the training digits",
+    **run_provenance(backend),  # date (UTC, the run's end), commit, versions: for recipes/report.py
 )
 write_json_atomic(os.path.join(args.output, "metrics.json"), results)
 
