@@ -22,6 +22,12 @@ def report(*args):
     return subprocess.run([sys.executable, REPORT, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
+def named(path):
+    """How report.py names `path` in a message: relative to the repository when inside it (as in CI)."""
+    relative = os.path.relpath(os.path.abspath(path), ROOT)
+    return str(path) if relative.startswith("..") else relative
+
+
 def scores(frechet_distance, recall):
     return {"frechet_distance": frechet_distance, "recall": recall}
 
@@ -83,7 +89,7 @@ def test_a_changed_figure_makes_the_check_fail_naming_the_file(tmp_path):
     result = report("--check", "--readme", readme, "--results", results)
     assert result.returncode == 1
     stale = [line for line in result.stderr.splitlines() if "is stale" in line]
-    assert len(stale) == 1 and stale[0].startswith(f"{results} is stale"), result.stderr
+    assert len(stale) == 1 and stale[0].startswith(f"{named(results)} is stale"), result.stderr
     assert "python recipes/report.py" in result.stderr
 
 
@@ -134,7 +140,7 @@ def test_a_missing_or_incomplete_metrics_file_says_which_key_and_to_rerun_the_qu
     (path,) = write_runs(tmp_path, run)
     result = report("--metrics", path, "--readme", readme, "--results", results)
     assert result.returncode == 2
-    assert str(path) in result.stderr and "'ilct.two_step'" in result.stderr and "rerun the quickstart" in result.stderr
+    assert named(path) in result.stderr and "'ilct.two_step'" in result.stderr and "rerun the quickstart" in result.stderr
     result = report("--check", "--metrics", tmp_path / "nowhere.json", "--readme", readme, "--results", results)
     assert result.returncode == 2 and "nowhere.json" in result.stderr and "rerun the quickstart" in result.stderr
     assert (readme.read_text(), results.read_text()) == before  # nothing was written
