@@ -18,9 +18,12 @@ import keras_lct.layers.core
 
 
 # Tests marked backend_neutral exercise code that never reaches Keras' backend (NumPy-only math,
-# argument parsing, --help, file formats). `make test` runs them once, on this backend; a plain
-# `pytest` (the variable unset) runs them on every backend.
+# argument parsing, --help, file formats); tests marked recipe_bookkeeping exercise a recipe's own
+# Python (its rows, run folders, resumes, refusals and messages) around training that other tests
+# run on every backend. `make test` runs both kinds once, on this backend; a plain `pytest` (the
+# variable unset) runs them on every backend.
 NEUTRAL_BACKEND = os.environ.get("KERAS_LCT_NEUTRAL_BACKEND")
+ONCE_MARKERS = ("backend_neutral", "recipe_bookkeeping")
 
 
 def pytest_configure(config):
@@ -31,13 +34,19 @@ def pytest_configure(config):
     )
     config.addinivalue_line(
         "markers",
+        "recipe_bookkeeping: the test's subject is a recipe's own Python around training that other tests run "
+        "on every backend (the quickstart's, the smoke run's); it runs once, like backend_neutral",
+    )
+    config.addinivalue_line(
+        "markers",
         "compiled_step: the test's subject is the compiled training step; on tensorflow it runs in graph "
         "mode, every other test runs its tf.functions eagerly",
     )
 
 
 def pytest_report_header(config):
-    neutral = f"backend_neutral tests run on {NEUTRAL_BACKEND}" if NEUTRAL_BACKEND else "backend_neutral tests run here"
+    where = f"on {NEUTRAL_BACKEND}" if NEUTRAL_BACKEND else "here"
+    neutral = f"backend_neutral and recipe_bookkeeping tests run {where}"
     return f"keras {keras.__version__}, backend {keras.backend.backend()}; {neutral}"
 
 
@@ -78,7 +87,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     if NEUTRAL_BACKEND not in (None, keras.backend.backend()):
-        neutral = [item for item in items if item.get_closest_marker("backend_neutral")]
+        neutral = [item for item in items if any(item.get_closest_marker(name) for name in ONCE_MARKERS)]
         if neutral:
             config.hook.pytest_deselected(items=neutral)
             items[:] = [item for item in items if item not in neutral]

@@ -169,6 +169,7 @@ def run_analyze(*args, timeout=300):
     )
 
 
+@pytest.mark.recipe_bookkeeping
 def test_recipe_on_quickstart_data_writes_the_figure_and_the_numbers(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.uniform(-1, 1, (12, 8, 8, 1)).astype(np.float32)
@@ -191,6 +192,7 @@ def test_recipe_on_quickstart_data_writes_the_figure_and_the_numbers(tmp_path):
     assert not [name for name in os.listdir(output) if name.startswith(".")]
 
 
+@pytest.mark.recipe_bookkeeping
 def test_recipe_on_a_latent_cache_with_a_trained_model_file(tmp_path):
     os.makedirs(tmp_path / "images")
     rng = np.random.default_rng(0)

@@ -70,6 +70,7 @@ def test_evaluate_measures_against_a_folder_and_saves_its_reference(setup, tmp_p
     assert [name for name in os.listdir(tmp_path) if name.startswith(".")] == []  # no temporary files left
 
 
+@pytest.mark.recipe_bookkeeping
 def test_evaluate_against_statistics_without_vgg_features_skips_recall(setup, tmp_path):
     save_statistics(tmp_path / "statistics.npz", np.ones(2048), np.zeros((2048, 2048)))  # zero: see `setup`
     result = evaluate(setup, "--reference", tmp_path / "statistics.npz", "--vgg16-weights", setup / "vgg16.pt",
@@ -91,6 +92,7 @@ def test_help_lists_the_options_and_the_weight_files():
     assert "pt_inception-2015-12-05-6726825d.pth" in result.stdout and "vgg16.pt" in result.stdout
 
 
+@pytest.mark.recipe_bookkeeping
 def test_missing_weight_files_are_named_with_where_to_get_them(setup):
     missing = setup / "nowhere" / "pt_inception-2015-12-05-6726825d.pth"
     result = evaluate(setup, "--reference", setup / "real", "--inception-weights", missing)

@@ -186,6 +186,7 @@ def test_weights_saved_before_the_td_statistics_existed_load(tmp_path):
     assert int(restored.schedule.td_completed_stages) == 0 and int(restored.schedule.td_stage_samples) == 0
 
 
+@pytest.mark.recipe_bookkeeping
 def test_the_recipe_prints_the_schedule_and_writes_its_figure(tmp_path):
     result = run_recipe("measured_c.py", "--dims", "64", "--steps-per-stage", "2", "--batch-size", "8",
                         "--output", tmp_path, timeout=300)

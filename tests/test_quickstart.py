@@ -75,6 +75,7 @@ def test_quickstart_documents_its_options_and_refuses_bad_ones():
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
 
 
+@pytest.mark.recipe_bookkeeping
 def test_ablation_trains_every_row_resumes_after_a_loss_and_refuses_other_settings(quickstart, tmp_path):
     data, _ = quickstart
     output = tmp_path / "ablation"

@@ -85,6 +85,7 @@ def test_smoke_run_goes_from_images_to_a_model(uninterrupted_smoke_run):
     assert all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
 
 
+@pytest.mark.recipe_bookkeeping
 def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(uninterrupted_smoke_run):
     output, _ = uninterrupted_smoke_run
     stamp = os.path.getmtime(output / "checkpoint.keras")
