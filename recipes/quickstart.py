@@ -12,18 +12,21 @@ pixels that ship with the package; nothing is downloaded):
    Non-scaling LayerNorm (4.6);
 4. for comparison, the same network trained as iLCT (iCT on latents: pseudo-Huber loss,
    GroupNorm, independent noise, no diffusion loss, c fixed at iCT's c0);
-5. both are scored with the Frechet distance and recall (k = 3) in the feature space of a small
-   digits classifier trained here, next to the floor (held-out real digits) and the ceiling
-   (an untrained model);
+5. both are trained from --seeds seeds (3) and scored with the Frechet distance and recall
+   (k = 3) in the feature space of a small digits classifier trained here, next to the floor
+   (held-out real digits) and the ceiling (an untrained model); the scores are the mean and
+   standard deviation over the seeds, and the run says which method won and whether by more
+   than the seeds' spread (a single seed's difference here is noise);
 6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
 
     KERAS_BACKEND=jax python recipes/quickstart.py            # or torch / tensorflow
     KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 2-minute smoke run
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
-2-step samples), training.png (the curves), metrics.json (with the run's date, commit and
+2-step samples of the first seed's model), training.png (the first seed's curves), metrics.json
+(means, standard deviations and each seed's scores, the verdict, the run's date, commit and
 versions; recipes/report.py renders the docs' tables from it), model.keras (sample from it later with
-recipes/sample.py --vae OUTPUT/autoencoder.keras), ilct.keras, autoencoder.keras, features.keras
+recipes/sample.py --vae OUTPUT/autoencoder.keras; the first seed's), ilct.keras, autoencoder.keras, features.keras
 (the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
 and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
 ablations (table 2) on this output.
@@ -48,15 +51,21 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="runs/quickstart", help="folder for every artifact (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=1500, help="consistency training steps per model (default: %(default)s)")
     parser.add_argument("--vae-epochs", type=int, default=15, help="autoencoder training epochs (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="batch size of every training (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="batch size of the consistency models (default: %(default)s; the autoencoder and the classifier use 64)")
+    parser.add_argument("--model-channels", type=int, default=32,
+                        help="width of the consistency models' UNet (its first level's channels; default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the weights sampled from (default: %(default)s)")
     parser.add_argument("--no-ilct", action="store_true", help="skip the iLCT comparison model")
-    parser.add_argument("--fast", action="store_true", help="a smoke run: few steps and epochs (the results are not digits)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: %(default)s)")
+    parser.add_argument("--fast", action="store_true", help="a smoke run: few steps and epochs, 2 seeds at most (the results are not digits)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the autoencoder and the first "
+                        "consistency models (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds each consistency model is trained from, "
+                        "--seed, --seed + 1, ...; the scores are their mean and std (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.fast:
-        args.steps, args.vae_epochs, args.ema_decay = 100, 3, 0.9
-    for name in ("steps", "vae_epochs", "batch_size"):
+        args.steps, args.vae_epochs, args.ema_decay, args.seeds = 100, 3, 0.9, min(args.seeds, 2)
+    for name in ("steps", "vae_epochs", "batch_size", "seeds", "model_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; received {getattr(args, name)}.")
     return args
@@ -95,6 +104,8 @@ from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
+from report import one_step_verdict  # noqa: E402  (recipes/report.py renders the docs from metrics.json)
+from report import seed_summary  # noqa: E402
 
 os.makedirs(args.output, exist_ok=True)
 backend = keras.backend.backend()
@@ -120,7 +131,7 @@ autoencoder = AutoencoderKL(
 trainer = AutoencoderTrainer(autoencoder, kl_weight=1e-6, seed=args.seed)
 trainer.compile(optimizer=keras.optimizers.Adam(2e-3))
 stage(f"training the autoencoder ({autoencoder.count_params():,} parameters) for {args.vae_epochs} epochs")
-trainer.fit(train_pixels, batch_size=args.batch_size, epochs=args.vae_epochs, verbose=2)
+trainer.fit(train_pixels, batch_size=64, epochs=args.vae_epochs, verbose=2)
 save_model_atomic(autoencoder, os.path.join(args.output, "autoencoder.keras"))
 
 # ## Latents: one posterior sample per digit, normalized per element to std 0.5.
@@ -134,12 +145,35 @@ with atomic_path(os.path.join(args.output, "data.npz")) as temporary:
     np.savez(temporary, pixels=train_pixels, latents=latents, holdout_pixels=holdout_pixels)
 
 
-# ## The consistency models: the paper's method and, for comparison, iLCT.
+# ## The feature space of the metrics: a small digits classifier.
+# Its penultimate layer plays the part Inception's pool3 plays for FID on natural images.
+inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(inputs))
+penultimate = keras.layers.Dense(32, activation="relu", name="features")(hidden)
+classifier = keras.Model(inputs, keras.layers.Dense(10)(penultimate))
+classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   metrics=["accuracy"])
+classifier.fit(train_pixels, train_labels, batch_size=64, epochs=60, verbose=0)
+accuracy = float(classifier.evaluate(holdout_pixels, holdout_labels, verbose=0)[1])
+embed = keras.Model(inputs, penultimate)
+save_model_atomic(embed, os.path.join(args.output, "features.keras"))
+reference = features(embed, train_pixels)  # each model's 500 samples are scored against these
+stage(f"digits classifier: {100 * accuracy:.1f}% held-out accuracy")
+
+
+# ## The consistency models: the paper's method and, for comparison, iLCT, from each seed.
 # One network for both: a UNet over the 4x4 latents, 4x4 and 2x2 levels, no attention.
+METHODS = {
+    "the paper's method": dict(norm="nsln", loss="cauchy", diffusion_fraction=0.25, ot=True, adaptive_c=True),
+    "iLCT": dict(norm="group", loss="pseudo_huber", diffusion_fraction=0.0, ot=False, adaptive_c=False),
+}
+
+
 def consistency_model(norm, loss, diffusion_fraction, seed):
+    # One attention head in the middle block, over its 2 x model_channels.
     network = UNet(
-        img_resolution=latents.shape[1], in_channels=4, out_channels=4, model_channels=32,
-        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), norm=norm,
+        img_resolution=latents.shape[1], in_channels=4, out_channels=4, model_channels=args.model_channels,
+        channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), channels_per_head=2 * args.model_channels, norm=norm,
     )
     # A short run needs a fast EMA (the paper's 0.99993 averages over ~14k steps).
     model = ConsistencyModel(network, loss=loss, diffusion_fraction=diffusion_fraction, ema_decays=(args.ema_decay,),
@@ -149,66 +183,58 @@ def consistency_model(norm, loss, diffusion_fraction, seed):
     return model
 
 
-def train(name, model, ot, adaptive_c):
-    batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=args.seed)
+def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c):
+    """A model of `name`'s settings trained from `seed`, its history and its 1- and 2-step samples, decoded."""
+    model = consistency_model(norm, loss, diffusion_fraction, seed)
+    batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=seed)
     epochs = -(-args.steps // len(batches))
     callbacks = [ExpCurriculum()]  # N's curriculum over the whole fit: epochs x len(batches) steps
     if adaptive_c:
         callbacks.append(AdaptiveC())
-    stage(f"training {name} ({model.network.count_params():,} parameters): {epochs} epochs of {len(batches)} steps")
+    stage(f"training {name}, seed {seed} ({model.network.count_params():,} parameters): "
+          f"{epochs} epochs of {len(batches)} steps")
     progress = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: (epoch + 1) % max(1, epochs // 10) == 0 and stage(
+        on_epoch_end=lambda epoch, logs: (epoch + 1) % max(1, epochs // 5) == 0 and stage(
             f"  {name} epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4g}, N {logs['num_scales']:.0f}, c {logs['c']:.3g}"
         )
     )
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks + [progress])
-    return {key: [float(value) for value in values] for key, values in history.history.items()}, len(batches)
+    history = {key: [float(value) for value in values] for key, values in history.history.items()}
+    # Every model samples from the same noise (seed 10_000), so the grids of two seeds compare digit by digit.
+    samples = {f"{steps_name}_step": decode(model.sample(NUM_HOLDOUT, steps=steps, seed=10_000))
+               for steps, steps_name in ((1, "one"), (2, "two"))}  # 2 steps: at 80, then TWO_STEP_LEVEL
+    return model, history, samples, len(batches)
 
 
-full = consistency_model("nsln", "cauchy", 0.25, args.seed)
-full_history, steps_per_epoch = train("the paper's method", full, ot=True, adaptive_c=True)
-save_model_atomic(full, os.path.join(args.output, "model.keras"))
+seeds = [args.seed + offset for offset in range(args.seeds)]
+compared = {name: settings for name, settings in METHODS.items() if name != "iLCT" or not args.no_ilct}
+per_seed = {name: [] for name in compared}  # {name: [{"one_step": scores, "two_step": scores}, ...]}
+first_seed = {}  # {name: (history, samples)} of the first seed's model, which is saved, pictured and plotted
+for seed in seeds:
+    for name, settings in compared.items():
+        model, history, samples, steps_per_epoch = train(name, seed, **settings)
+        per_seed[name].append({key: scores(embed, reference, images) for key, images in samples.items()})
+        stage(f"  {name}, seed {seed}: 1-step Frechet distance {per_seed[name][-1]['one_step']['frechet_distance']:.2f}")
+        if seed == seeds[0]:
+            save_model_atomic(model, os.path.join(args.output, "model.keras" if name != "iLCT" else "ilct.keras"))
+            first_seed[name] = history, samples
+
+# ## The scores over the seeds: mean and standard deviation, and which method won.
+results = {"seeds": seeds, **seed_summary(per_seed["the paper's method"])}
 if not args.no_ilct:
-    ilct = consistency_model("group", "pseudo_huber", 0.0, args.seed)
-    ilct_history, _ = train("iLCT", ilct, ot=False, adaptive_c=False)
-    save_model_atomic(ilct, os.path.join(args.output, "ilct.keras"))
-
-# ## The feature space of the metrics: a small digits classifier.
-# Its penultimate layer plays the part Inception's pool3 plays for FID on natural images.
-inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
-hidden = keras.layers.Dense(128, activation="relu")(keras.layers.Flatten()(inputs))
-penultimate = keras.layers.Dense(32, activation="relu", name="features")(hidden)
-classifier = keras.Model(inputs, keras.layers.Dense(10)(penultimate))
-classifier.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy"])
-classifier.fit(train_pixels, train_labels, batch_size=args.batch_size, epochs=60, verbose=0)
-accuracy = float(classifier.evaluate(holdout_pixels, holdout_labels, verbose=0)[1])
-embed = keras.Model(inputs, penultimate)
-save_model_atomic(embed, os.path.join(args.output, "features.keras"))
-stage(f"digits classifier: {100 * accuracy:.1f}% held-out accuracy")
-
-# Each model's 500 samples against the features of the training digits: Frechet distance, recall.
-reference = features(embed, train_pixels)
-samples = {
-    "one_step": decode(full.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1)),
-    "two_step": decode(full.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1)),  # at 80, then TWO_STEP_LEVEL
-}
-untrained = consistency_model("nsln", "cauchy", 0.25, args.seed + 1)
-results = {name: scores(embed, reference, images) for name, images in samples.items()}
-if not args.no_ilct:
-    results["ilct"] = {
-        "one_step": scores(embed, reference, decode(ilct.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1))),
-        "two_step": scores(embed, reference, decode(ilct.sample(NUM_HOLDOUT, steps=2, seed=args.seed + 1))),
-    }
+    results["ilct"] = seed_summary(per_seed["iLCT"])
+    results["verdict"] = one_step_verdict(results, results["ilct"], len(seeds))
+results["per_seed"] = {"the_papers_method": per_seed["the paper's method"], "ilct": per_seed.get("iLCT", [])}
 results["real_holdout"] = scores(embed, reference, holdout_pixels)
-untrained_samples = decode(untrained.sample(NUM_HOLDOUT, steps=1, seed=args.seed + 1, ema=False))
-results["untrained"] = scores(embed, reference, untrained_samples)
+untrained = consistency_model("nsln", "cauchy", 0.25, args.seed + 1)
+results["untrained"] = scores(embed, reference, decode(untrained.sample(NUM_HOLDOUT, steps=1, seed=10_000, ema=False)))
 
-# ## Pictures: real digits beside 1-step and 2-step samples, and the training curves.
+# ## Pictures: real digits beside 1-step and 2-step samples (the first seed's), and the training curves.
 # Each digit gets a gray frame, each group a light-gray gap; pixels are shown 4x.
 columns, rows = 10, 8
 gap = np.full((rows * (IMAGE_SIZE + 2), 4, 1), 0.5, np.float32)
 panels = []
+_, samples = first_seed["the paper's method"]
 for images in (holdout_pixels, samples["one_step"], samples["two_step"]):
     tiles = framed(images[: rows * columns]).reshape(rows, columns, IMAGE_SIZE + 2, IMAGE_SIZE + 2, 1)
     panels += [tiles.transpose(0, 2, 1, 3, 4).reshape(rows * (IMAGE_SIZE + 2), columns * (IMAGE_SIZE + 2), 1), gap]
@@ -217,12 +243,9 @@ save_enlarged_grid(grid[None], os.path.join(args.output, "samples.png"))
 
 
 def plot_training(path):
-    runs = {"paper's method": full_history}
-    if not args.no_ilct:
-        runs["iLCT"] = ilct_history
     figure = new_figure(12, 3.4)
     panels = figure.subplots(1, 4)
-    for label, history in runs.items():
+    for label, (history, _) in first_seed.items():
         steps = steps_per_epoch * (1 + np.arange(len(history["loss"])))
         panels[0].plot(steps, history["consistency_loss"], label=label)
         panels[1].plot(steps, history["diffusion_loss"], label=label)
@@ -265,10 +288,11 @@ results.update(
 )
 write_json_atomic(os.path.join(args.output, "metrics.json"), results)
 
-# ## Where everything went.
+# ## Where everything went, and who won.
 print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_holdout", "untrained")}, indent=1))
 if not args.no_ilct:
     print("iLCT:", json.dumps(results["ilct"]))
+    print(results["verdict"]["sentence"])
 written = ["samples.png (held-out real | 1-step | 2-step)", "training.png", "metrics.json", "model.keras",
            "autoencoder.keras", "features.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
 if not args.no_ilct:

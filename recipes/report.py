@@ -14,11 +14,15 @@ It renders two blocks, each between HTML comment markers that it finds in the fi
 
 - `quickstart table`: the first file's run (the demo's backend, jax, when there is one) as a
   table of Frechet distance and recall (held-out real digits, the paper's method and iLCT at 1
-  and 2 steps, the untrained model), with a sentence saying which method has the lower 1-step
-  Frechet distance and by how much. In README.md and docs/results.md.
+  and 2 steps as mean ± std over the run's seeds, the untrained model), with a sentence saying
+  which method has the lower mean 1-step Frechet distance, by how much, and whether by more than
+  the seeds' spread (`one_step_verdict`). In README.md and docs/results.md.
 - `backends table`: one row per file (backend, wall time, both methods at 1 / 2 steps, held-out,
   untrained, date, commit), their versions, and which method is ahead on each backend. In
   docs/results.md.
+
+The quickstart imports `seed_summary` and `one_step_verdict` from here, so the verdict it prints
+is the one the pages show.
 
 Plain Python and json: it imports neither Keras nor a backend, so it runs at once.
 """
@@ -29,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,10 +51,70 @@ SCORES = ("frechet_distance", "recall")
 REQUIRED = [(("backend",), str), (("seconds",), float), (("date",), str), (("commit",), str), (("versions",), dict)]
 REQUIRED += [((*run, score), float) for run in (("real_holdout",), ("one_step",), ("two_step",), ("ilct", "one_step"),
                                                ("ilct", "two_step"), ("untrained",)) for score in SCORES]
+REQUIRED += [((*run, f"{score}_std"), float) for run in (("one_step",), ("two_step",), ("ilct", "one_step"),
+                                                        ("ilct", "two_step")) for score in SCORES]
+REQUIRED += [(("seeds",), list)]
 
 
 class ReportError(Exception):
     """A metrics file or a page that cannot be rendered; the message says what to do."""
+
+
+# ## Seeds: the quickstart's scores are means over seeds, and a win counts only beyond their spread.
+def seed_summary(runs):
+    """The mean and the standard deviation (n - 1; 0 for one seed) of each score over a model's seeds.
+
+    Args:
+        runs: one `{"one_step": scores, "two_step": scores}` per seed, each `scores` a
+            `{"frechet_distance": float, "recall": float}`.
+
+    Returns:
+        `{"one_step": {"frechet_distance", "recall", "frechet_distance_std", "recall_std"}, "two_step": ...}`.
+    """
+    summary = {}
+    for steps in ("one_step", "two_step"):
+        summary[steps] = {}
+        for score in SCORES:
+            values = [run[steps][score] for run in runs]
+            summary[steps][score] = statistics.fmean(values)
+            summary[steps][f"{score}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return summary
+
+
+def one_step_verdict(method, ilct, num_seeds):
+    """Which of two `seed_summary`s has the lower 1-step Frechet distance, and whether beyond the seeds' spread.
+
+    The spread is the sum of the two standard deviations: a difference within it is not told
+    apart from seed noise. The figures are compared as the tables round them (2 decimals).
+
+    Returns:
+        `{"winner": "the paper's method" | "iLCT" | "neither", "difference", "spread", "beyond_spread",
+        "sentence"}`, the sentence without its full stop.
+    """
+    ours, theirs = (round(summary["one_step"]["frechet_distance"], 2) for summary in (method, ilct))
+    ours_std, theirs_std = (round(summary["one_step"]["frechet_distance_std"], 2) for summary in (method, ilct))
+    difference, spread = round(abs(theirs - ours), 2), round(ours_std + theirs_std, 2)
+    winner = "the paper's method" if ours < theirs else "iLCT" if theirs < ours else "neither"
+    beyond = num_seeds > 1 and difference > spread
+    if num_seeds > 1:
+        figures = f"Frechet distance {ours:.2f} ± {ours_std:.2f} against iLCT's {theirs:.2f} ± {theirs_std:.2f}"
+    else:
+        figures = f"Frechet distance {ours:.2f} against iLCT's {theirs:.2f}"
+    if winner == "neither":
+        sentence = f"The paper's method and iLCT tie at 1 step: {figures}"
+    elif winner == "iLCT":
+        sentence = f"The paper's method lost to iLCT at 1 step: {figures}, {difference:.2f} higher"
+    else:
+        sentence = f"The paper's method won at 1 step: {figures}, {difference:.2f} lower"
+    seeds = f"{num_seeds} seed{'s' if num_seeds > 1 else ''}"
+    if num_seeds == 1:
+        sentence += " (one seed: no spread measured, so this can be seed noise)"
+    elif beyond:
+        sentence += f", more than the spread of the {seeds} ({spread:.2f}, the sum of the standard deviations)"
+    else:
+        sentence += (f", within the spread of the {seeds} ({spread:.2f}, the sum of the standard deviations): "
+                     "not told apart from seed noise")
+    return {"winner": winner, "difference": difference, "spread": spread, "beyond_spread": beyond, "sentence": sentence}
 
 
 def parse_args(argv=None):
@@ -107,13 +172,22 @@ def start_marker(name):
     return f"<!-- report.py: {name} (generated; edit recipes/report.py or rerun it) -->"
 
 
-def pair(scores):
-    return f"{scores['frechet_distance']:.2f}, {scores['recall']:.2f}"
+def with_spread(scores, key, num_seeds):
+    """A score's mean over the seeds, with its standard deviation when there are several seeds."""
+    return f"{scores[key]:.2f} ± {scores[key + '_std']:.2f}" if num_seeds > 1 else f"{scores[key]:.2f}"
 
 
-def one_step_distances(metrics):
-    """The 1-step Frechet distances of the paper's method and of iLCT, as the tables round them."""
-    return round(metrics["one_step"]["frechet_distance"], 2), round(metrics["ilct"]["one_step"]["frechet_distance"], 2)
+def pair(scores, num_seeds=1):
+    return f"{with_spread(scores, 'frechet_distance', num_seeds)}, {with_spread(scores, 'recall', num_seeds)}"
+
+
+def verdict(metrics):
+    return one_step_verdict(metrics, metrics["ilct"], len(metrics["seeds"]))
+
+
+def seeds_named(metrics):
+    seeds = metrics["seeds"]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
 def placeholder_note(metrics):
@@ -121,28 +195,22 @@ def placeholder_note(metrics):
     return [] if not note else [f"**{metrics['backend']}: placeholder, not a measurement.** {note}", ""]
 
 
-def comparison(metrics):
-    """Which method has the lower 1-step Frechet distance, and by how much, as a sentence without its end."""
-    method, ilct = one_step_distances(metrics)
-    if method < ilct:
-        return f"The paper's method is ahead of iLCT at 1 step: Frechet distance {method:.2f} against {ilct:.2f}, {ilct - method:.2f} lower"
-    if method > ilct:
-        return f"The paper's method is behind iLCT at 1 step: Frechet distance {method:.2f} against {ilct:.2f}, {method - ilct:.2f} higher"
-    return f"The paper's method and iLCT tie at 1 step: Frechet distance {method:.2f} each"
-
-
 def quickstart_block(metrics, see_also=""):
-    """The table of one run, with its provenance above and `comparison` below; `see_also` ends the sentence."""
+    """The table of one run, with its provenance above and its `verdict` below; `see_also` ends the sentence."""
     method, ilct = metrics, metrics["ilct"]
 
+    num_seeds = len(metrics["seeds"])
+
     def both(key):
-        return f"{method['one_step'][key]:.2f} / {method['two_step'][key]:.2f}", f"{ilct['one_step'][key]:.2f} / {ilct['two_step'][key]:.2f}"
+        return (f"{with_spread(method['one_step'], key, num_seeds)} / {with_spread(method['two_step'], key, num_seeds)}",
+                f"{with_spread(ilct['one_step'], key, num_seeds)} / {with_spread(ilct['two_step'], key, num_seeds)}")
 
     (method_fd, ilct_fd), (method_recall, ilct_recall) = both("frechet_distance"), both("recall")
     lines = [
         start_marker(QUICKSTART_BLOCK),
         f"Measured with `make demo` on {metrics['backend']} ({metrics['date'][:10]}, commit {metrics['commit']}, "
-        f"{metrics['seconds']:.0f} s on this machine's 2 CPU cores):",
+        f"{metrics['seconds']:.0f} s on this machine's 2 CPU cores); each consistency model trained from "
+        f"{seeds_named(metrics)}, mean ± standard deviation:",
         "",
         *placeholder_note(metrics),
         "| samples | Frechet distance | recall |",
@@ -152,7 +220,7 @@ def quickstart_block(metrics, see_also=""):
         f"| iLCT, 1 / 2 steps | {ilct_fd} | {ilct_recall} |",
         f"| untrained model | {metrics['untrained']['frechet_distance']:.2f} | {metrics['untrained']['recall']:.2f} |",
         "",
-        f"{comparison(metrics)} (one seed{see_also}).",
+        f"{verdict(metrics)['sentence']}{see_also}.",
         END_MARKER,
     ]
     return "\n".join(lines)
@@ -166,13 +234,15 @@ def backends_block(runs):
     """One row per run, their versions, and on which backends each method has the lower 1-step distance."""
     lines = [
         start_marker(BACKENDS_BLOCK),
-        "| backend | wall time | method 1 / 2 steps: FD, recall | iLCT 1 / 2 steps: FD, recall | held-out | untrained | date | commit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | wall time | seeds | method 1 / 2 steps: FD, recall | iLCT 1 / 2 steps: FD, recall | held-out | untrained | date | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for metrics in runs:
+        seeds = len(metrics["seeds"])
         lines.append(
-            f"| {metrics['backend']} | {metrics['seconds']:.0f} s | {pair(metrics['one_step'])} / {pair(metrics['two_step'])} "
-            f"| {pair(metrics['ilct']['one_step'])} / {pair(metrics['ilct']['two_step'])} | {pair(metrics['real_holdout'])} "
+            f"| {metrics['backend']} | {metrics['seconds']:.0f} s | {seeds} "
+            f"| {pair(metrics['one_step'], seeds)} / {pair(metrics['two_step'], seeds)} "
+            f"| {pair(metrics['ilct']['one_step'], seeds)} / {pair(metrics['ilct']['two_step'], seeds)} | {pair(metrics['real_holdout'])} "
             f"| {pair(metrics['untrained'])} | {metrics['date'][:10]} | {metrics['commit']} |"
         )
     lines.append("")
@@ -180,16 +250,18 @@ def backends_block(runs):
         lines += placeholder_note(metrics)
     versions = "; ".join(f"{metrics['backend']}: " + ", ".join(f"{name} {version}" for name, version in metrics["versions"].items())
                          for metrics in runs)
-    winners = {"the paper's method": [], "iLCT": [], "neither (a tie)": []}
+    winners = {}
     for metrics in runs:
-        method, ilct = one_step_distances(metrics)
-        winners["the paper's method" if method < ilct else "iLCT" if ilct < method else "neither (a tie)"].append(metrics["backend"])
-    summary = "; ".join(f"{who} on {listed(backends)}" for who, backends in winners.items() if backends)
-    sentence = f"Versions: {versions}. The lower 1-step Frechet distance: {summary}"
+        result = verdict(metrics)
+        who = "neither (a tie)" if result["winner"] == "neither" else result["winner"]
+        winners.setdefault(who, []).append(metrics["backend"] + ("" if result["beyond_spread"] else " (within the seeds' spread)"))
+    summary = "; ".join(f"{who} on {listed(backends)}" for who, backends in winners.items())
+    sentence = f"Versions: {versions}. The lower mean 1-step Frechet distance: {summary}"
     if len(runs) > 1:
-        means = [sum(one_step_distances(metrics)[index] for metrics in runs) / len(runs) for index in (0, 1)]
-        sentence += f"; mean over the {len(runs)} runs {means[0]:.2f} (the paper's method) against {means[1]:.2f} (iLCT)"
-    lines += [sentence + " (one seed each).", END_MARKER]
+        method_mean = statistics.fmean(metrics["one_step"]["frechet_distance"] for metrics in runs)
+        ilct_mean = statistics.fmean(metrics["ilct"]["one_step"]["frechet_distance"] for metrics in runs)
+        sentence += f"; mean over the {len(runs)} backends {method_mean:.2f} (the paper's method) against {ilct_mean:.2f} (iLCT)"
+    lines += [sentence + ".", END_MARKER]
     return "\n".join(lines)
 
 
@@ -210,7 +282,7 @@ def with_block(text, name, block, path):
 def rendered_pages(runs, readme, results):
     """{path: (current text, rendered text)} of the README and the results page."""
     blocks = {
-        readme: [(QUICKSTART_BLOCK, quickstart_block(runs[0], "; the other backends in [docs/results.md](docs/results.md)"))],
+        readme: [(QUICKSTART_BLOCK, quickstart_block(runs[0], "; the other backends are in [docs/results.md](docs/results.md)"))],
         results: [(QUICKSTART_BLOCK, quickstart_block(runs[0])), (BACKENDS_BLOCK, backends_block(runs))],
     }
     pages = {}

@@ -21,7 +21,8 @@ ARTIFACTS = [
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
     output = tmp_path_factory.mktemp("quickstart")
-    result = run_recipe("quickstart.py", "--fast", "--output", output)
+    # One seed: the means and spreads over seeds are recipes/report.py's, tested in test_report.py.
+    result = run_recipe("quickstart.py", "--fast", "--seeds", "1", "--output", output)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return output, result
 
@@ -40,14 +41,22 @@ def test_quickstart_writes_every_artifact(quickstart):
 
 
 def test_quickstart_metrics_are_complete_and_the_trained_model_beats_the_untrained(quickstart):
-    output, _ = quickstart
+    output, result = quickstart
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["backend"] == keras.backend.backend() and metrics["seconds"] > 0
-    runs = [metrics[key] for key in ("one_step", "two_step", "real_holdout", "untrained")]
-    runs += [metrics["ilct"]["one_step"], metrics["ilct"]["two_step"]]
-    for scores in runs:
+    assert metrics["seeds"] == [0]
+    for scores in (metrics["one_step"], metrics["two_step"], metrics["ilct"]["one_step"], metrics["ilct"]["two_step"]):
+        assert set(scores) == {"frechet_distance", "recall", "frechet_distance_std", "recall_std"}
+        assert scores["frechet_distance_std"] == scores["recall_std"] == 0.0  # one seed
+    for name, key in (("the_papers_method", ""), ("ilct", "ilct")):
+        (seed_zero,) = metrics["per_seed"][name]
+        assert seed_zero["one_step"]["frechet_distance"] == (metrics[key] if key else metrics)["one_step"]["frechet_distance"]
+    for scores in (metrics["real_holdout"], metrics["untrained"]):
         assert set(scores) == {"frechet_distance", "recall"}
+    for scores in (metrics["one_step"], metrics["two_step"], metrics["real_holdout"], metrics["untrained"]):
         assert math.isfinite(scores["frechet_distance"]) and 0 <= scores["recall"] <= 1
+    assert metrics["verdict"]["winner"] in ("the paper's method", "iLCT", "neither")
+    assert metrics["verdict"]["sentence"] in result.stdout and "one seed" in metrics["verdict"]["sentence"]
     # Floor and ceiling of the scale, and a model trained for 100 steps between them. Recall is no
     # signal at --fast's 100 steps (measured: 0 for the trained, iLCT and untrained models alike), so
     # only the held-out real digits' recall is checked, which shows the recall computation can be non-zero.
@@ -69,10 +78,12 @@ def test_saved_model_samples_on_this_backend_and_decodes_with_the_saved_autoenco
 def test_quickstart_documents_its_options_and_refuses_bad_ones():
     result = run_recipe("quickstart.py", "--help", timeout=120)
     assert result.returncode == 0
-    for option in ("--output", "--steps", "--fast", "--no-ilct", "--seed"):
+    for option in ("--output", "--steps", "--fast", "--no-ilct", "--seed", "--seeds", "--model-channels"):
         assert option in result.stdout
     result = run_recipe("quickstart.py", "--steps", "0", timeout=120)
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr
+    result = run_recipe("quickstart.py", "--seeds", "0", timeout=120)
+    assert result.returncode == 2 and "--seeds must be at least 1" in result.stderr
 
 
 @pytest.mark.recipe_bookkeeping

@@ -4,6 +4,7 @@ The script is plain Python and json; it runs in subprocesses here, and one check
 imports neither Keras nor a backend.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,12 +33,17 @@ def scores(frechet_distance, recall):
     return {"frechet_distance": frechet_distance, "recall": recall}
 
 
-def run_metrics(backend, method_one_step, ilct_one_step):
-    """A quickstart metrics.json's content with the keys report.py reads, and one it ignores."""
+def seed_scores(frechet_distance, recall, frechet_distance_std, recall_std):
+    return {"frechet_distance": frechet_distance, "recall": recall,
+            "frechet_distance_std": frechet_distance_std, "recall_std": recall_std}
+
+
+def run_metrics(backend, method_one_step, ilct_one_step, method_std=1.0, ilct_std=2.0):
+    """A quickstart metrics.json's content over 3 seeds with the keys report.py reads, and some it ignores."""
     return {
-        "one_step": scores(method_one_step, 0.8), "two_step": scores(6.5, 0.876),
-        "ilct": {"one_step": scores(ilct_one_step, 0.7), "two_step": scores(12.0, 0.75)},
-        "real_holdout": scores(0.631, 0.92), "untrained": scores(199.256, 0.0),
+        "one_step": seed_scores(method_one_step, 0.8, method_std, 0.02), "two_step": seed_scores(6.5, 0.876, 0.5, 0.01),
+        "ilct": {"one_step": seed_scores(ilct_one_step, 0.7, ilct_std, 0.03), "two_step": seed_scores(12.0, 0.75, 1.5, 0.04)},
+        "real_holdout": scores(0.631, 0.92), "untrained": scores(199.256, 0.0), "seeds": [0, 1, 2],
         "backend": backend, "seconds": 290.4, "steps": 1500,
         "date": "2026-12-04T10:20:30+00:00", "commit": "abc1234",
         "versions": {"keras": "3.15.1", "keras_lct": "0.1.0", backend: "9.9"},
@@ -84,7 +90,7 @@ def test_a_changed_figure_makes_the_check_fail_naming_the_file(tmp_path):
     start = text.index(START.format("backends table"))
     row = text.index("\n| ", text.index("|---", start)) + 1  # the first run's row
     cells = text[row:text.index("\n", row)].split(" | ")
-    cells[2] = "1.23, 0.45 / " + cells[2].split(" / ", 1)[1]  # the paper's method's 1-step figures
+    cells[3] = "1.23, 0.45 / " + cells[3].split(" / ", 1)[1]  # the paper's method's 1-step figures
     results.write_text(text[:row] + " | ".join(cells) + text[text.index("\n", row):])
     result = report("--check", "--readme", readme, "--results", results)
     assert result.returncode == 1
@@ -96,39 +102,79 @@ def test_a_changed_figure_makes_the_check_fail_naming_the_file(tmp_path):
 @pytest.mark.backend_neutral
 def test_the_tables_and_the_winner_sentences(tmp_path):
     readme, results = pages(tmp_path)
-    behind, ahead = write_runs(tmp_path, run_metrics("jax", 14.234, 7.871), run_metrics("torch", 5.718, 15.342))
+    behind = run_metrics("jax", 14.234, 7.871, method_std=1.0, ilct_std=2.0)  # beyond the spread (3.00)
+    ahead = run_metrics("torch", 5.718, 15.342, method_std=4.0, ilct_std=6.0)  # within the spread (10.00)
+    behind, ahead = write_runs(tmp_path, behind, ahead)
     result = report("--metrics", behind, ahead, "--readme", readme, "--results", results)
     assert result.returncode == 0, result.stderr
     readme_text = readme.read_text()
     assert readme_text.startswith(f"# title\n\n{START.format('quickstart table')}\n") and readme_text.endswith(f"{END}\n\nafter\n")
+    lost = ("The paper's method lost to iLCT at 1 step: Frechet distance 14.23 ± 1.00 against iLCT's 7.87 ± 2.00, "
+            "6.36 higher, more than the spread of the 3 seeds (3.00, the sum of the standard deviations)")
     for line in [
-        "Measured with `make demo` on jax (2026-12-04, commit abc1234, 290 s on this machine's 2 CPU cores):",
+        "Measured with `make demo` on jax (2026-12-04, commit abc1234, 290 s on this machine's 2 CPU cores); "
+        "each consistency model trained from 3 seeds (0, 1, 2), mean ± standard deviation:",
         "| real held-out digits | 0.63 | 0.92 |",
-        "| the paper's method, 1 / 2 steps | 14.23 / 6.50 | 0.80 / 0.88 |",
-        "| iLCT, 1 / 2 steps | 7.87 / 12.00 | 0.70 / 0.75 |",
+        "| the paper's method, 1 / 2 steps | 14.23 ± 1.00 / 6.50 ± 0.50 | 0.80 ± 0.02 / 0.88 ± 0.01 |",
+        "| iLCT, 1 / 2 steps | 7.87 ± 2.00 / 12.00 ± 1.50 | 0.70 ± 0.03 / 0.75 ± 0.04 |",
         "| untrained model | 199.26 | 0.00 |",
-        "The paper's method is behind iLCT at 1 step: Frechet distance 14.23 against 7.87, 6.36 higher "
-        "(one seed; the other backends in [docs/results.md](docs/results.md)).",
+        f"{lost}; the other backends are in [docs/results.md](docs/results.md).",
     ]:
         assert f"\n{line}\n" in readme_text, line
     results_text = results.read_text()
     assert results_text.startswith("before\n") and f"{END}\nmiddle\n" in results_text
     for line in [
-        "| jax | 290 s | 14.23, 0.80 / 6.50, 0.88 | 7.87, 0.70 / 12.00, 0.75 | 0.63, 0.92 | 199.26, 0.00 | 2026-12-04 | abc1234 |",
-        "| torch | 290 s | 5.72, 0.80 / 6.50, 0.88 | 15.34, 0.70 / 12.00, 0.75 | 0.63, 0.92 | 199.26, 0.00 | 2026-12-04 | abc1234 |",
-        "The paper's method is behind iLCT at 1 step: Frechet distance 14.23 against 7.87, 6.36 higher (one seed).",
+        "| jax | 290 s | 3 | 14.23 ± 1.00, 0.80 ± 0.02 / 6.50 ± 0.50, 0.88 ± 0.01 | 7.87 ± 2.00, 0.70 ± 0.03 / 12.00 ± 1.50, "
+        "0.75 ± 0.04 | 0.63, 0.92 | 199.26, 0.00 | 2026-12-04 | abc1234 |",
+        f"{lost}.",
     ]:
         assert f"\n{line}\n" in results_text, line
+    assert "| torch | 290 s | 3 | 5.72 ± 4.00, 0.80 ± 0.02 / " in results_text
     assert "keras 3.15.1, keras_lct 0.1.0, torch 9.9" in results_text
-    assert "The lower 1-step Frechet distance: the paper's method on torch; iLCT on jax; mean over the 2 runs" in results_text
+    assert ("The lower mean 1-step Frechet distance: iLCT on jax; the paper's method on torch (within the seeds' spread); "
+            "mean over the 2 backends 9.98 (the paper's method) against 11.61 (iLCT).") in results_text
     assert report("--check", "--metrics", behind, ahead, "--readme", readme, "--results", results).returncode == 0
 
-    # The paper's method ahead.
+    # The paper's method ahead, within the spread.
     result = report("--metrics", ahead, "--readme", readme, "--results", results)
     assert result.returncode == 0, result.stderr
-    assert ("\nThe paper's method is ahead of iLCT at 1 step: Frechet distance 5.72 against 15.34, 9.62 lower "
-            "(one seed; the other backends in [docs/results.md](docs/results.md)).\n") in readme.read_text()
+    assert ("\nThe paper's method won at 1 step: Frechet distance 5.72 ± 4.00 against iLCT's 15.34 ± 6.00, 9.62 lower, "
+            "within the spread of the 3 seeds (10.00, the sum of the standard deviations): not told apart from seed noise; "
+            "the other backends are in [docs/results.md](docs/results.md).\n") in readme.read_text()
     assert "| jax |" not in results.read_text()
+
+
+def load_report():
+    """recipes/report.py as a module (plain Python: it imports no backend)."""
+    spec = importlib.util.spec_from_file_location("report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.backend_neutral
+def test_seed_summary_and_verdict_against_hand_computed_values():
+    module = load_report()
+    runs = [{"one_step": scores(fd, recall), "two_step": scores(fd / 2, recall)}
+            for fd, recall in ((5.0, 0.8), (6.0, 0.9), (10.0, 0.7))]
+    summary = module.seed_summary(runs)
+    # mean 7; std (n - 1) = sqrt(((5-7)^2 + (6-7)^2 + (10-7)^2) / 2) = sqrt(7); recall 0.8, std 0.1.
+    assert summary["one_step"]["frechet_distance"] == pytest.approx(7.0)
+    assert summary["one_step"]["frechet_distance_std"] == pytest.approx(7 ** 0.5)
+    assert summary["one_step"]["recall"] == pytest.approx(0.8) and summary["one_step"]["recall_std"] == pytest.approx(0.1)
+    assert summary["two_step"]["frechet_distance"] == pytest.approx(3.5)
+    assert module.seed_summary(runs[:1])["one_step"]["frechet_distance_std"] == 0.0
+    other = {"one_step": {"frechet_distance": 13.0, "frechet_distance_std": 3.0}}
+    verdict = module.one_step_verdict(summary, other, 3)  # 6.00 apart, spread 2.65 + 3.00
+    assert verdict["winner"] == "the paper's method" and verdict["difference"] == 6.0 and verdict["spread"] == 5.65
+    assert verdict["beyond_spread"] and "more than the spread" in verdict["sentence"]
+    other["one_step"]["frechet_distance_std"] = 3.5
+    verdict = module.one_step_verdict(summary, other, 3)
+    assert not verdict["beyond_spread"] and "not told apart from seed noise" in verdict["sentence"]
+    verdict = module.one_step_verdict(other, summary, 3)
+    assert verdict["winner"] == "iLCT" and verdict["sentence"].startswith("The paper's method lost to iLCT")
+    verdict = module.one_step_verdict(summary, summary, 1)
+    assert verdict["winner"] == "neither" and not verdict["beyond_spread"] and "one seed" in verdict["sentence"]
 
 
 @pytest.mark.backend_neutral
