@@ -20,7 +20,8 @@ pixels that ship with the package; nothing is downloaded):
 6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
 
     KERAS_BACKEND=jax python recipes/quickstart.py            # or torch / tensorflow
-    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 2-minute smoke run
+    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 3-minute smoke run (2 seeds)
+    KERAS_BACKEND=jax python recipes/quickstart.py --seeds 1  # one seed, about 8 minutes
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
 2-step samples of the first seed's model), training.png (the first seed's curves), metrics.json
