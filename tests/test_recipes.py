@@ -99,6 +99,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(unin
     assert json.loads((output / "run.json").read_text())["batch_size"] == 8
 
 
+@pytest.mark.recipe_bookkeeping
 def test_sample_recipe_writes_a_grid_or_files_and_checks_the_vae(uninterrupted_smoke_run, tmp_path):
     output, _ = uninterrupted_smoke_run
     vae = output / "smoke_inputs" / "vae.keras"
