@@ -106,13 +106,12 @@ def one_step_verdict(method, ilct, num_seeds):
         sentence = f"The paper's method lost to iLCT at 1 step: {figures}, {difference:.2f} higher"
     else:
         sentence = f"The paper's method won at 1 step: {figures}, {difference:.2f} lower"
-    seeds = f"{num_seeds} seed{'s' if num_seeds > 1 else ''}"
     if num_seeds == 1:
         sentence += " (one seed: no spread measured, so this can be seed noise)"
     elif beyond:
-        sentence += f", more than the spread of the {seeds} ({spread:.2f}, the sum of the standard deviations)"
+        sentence += f", more than the spread of the {num_seeds} seeds ({spread:.2f}, the sum of the standard deviations)"
     else:
-        sentence += (f", within the spread of the {seeds} ({spread:.2f}, the sum of the standard deviations): "
+        sentence += (f", within the spread of the {num_seeds} seeds ({spread:.2f}, the sum of the standard deviations): "
                      "not told apart from seed noise")
     return {"winner": winner, "difference": difference, "spread": spread, "beyond_spread": beyond, "sentence": sentence}
 
@@ -195,10 +194,22 @@ def placeholder_note(metrics):
     return [] if not note else [f"**{metrics['backend']}: placeholder, not a measurement.** {note}", ""]
 
 
+def per_seed_line(metrics):
+    """Each seed's 1-step Frechet distance of both methods, when the run has several seeds."""
+    if len(metrics["seeds"]) < 2 or "per_seed" not in metrics:
+        return []
+    runs = metrics["per_seed"]
+
+    def distances(name):
+        return ", ".join(f"{run['one_step']['frechet_distance']:.2f}" for run in runs[name])
+
+    return ["", f"Per seed ({', '.join(map(str, metrics['seeds']))}), 1-step Frechet distance: the paper's method "
+                f"{distances('the_papers_method')}; iLCT {distances('ilct')}."]
+
+
 def quickstart_block(metrics, see_also=""):
     """The table of one run, with its provenance above and its `verdict` below; `see_also` ends the sentence."""
     method, ilct = metrics, metrics["ilct"]
-
     num_seeds = len(metrics["seeds"])
 
     def both(key):
@@ -221,6 +232,7 @@ def quickstart_block(metrics, see_also=""):
         f"| untrained model | {metrics['untrained']['frechet_distance']:.2f} | {metrics['untrained']['recall']:.2f} |",
         "",
         f"{verdict(metrics)['sentence']}{see_also}.",
+        *per_seed_line(metrics),
         END_MARKER,
     ]
     return "\n".join(lines)

@@ -19,14 +19,21 @@ START = "<!-- report.py: {} (generated; edit recipes/report.py or rerun it) -->"
 END = "<!-- /report.py -->"
 
 
-def report(*args):
-    return subprocess.run([sys.executable, REPORT, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+def load_report():
+    """recipes/report.py as a module (plain Python: it imports no backend)."""
+    spec = importlib.util.spec_from_file_location("report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def named(path):
-    """How report.py names `path` in a message: relative to the repository when inside it (as in CI)."""
-    relative = os.path.relpath(os.path.abspath(path), ROOT)
-    return str(path) if relative.startswith("..") else relative
+    """How report.py names `path` in a message (relative to the repository when inside it, as in CI)."""
+    return load_report().shown(str(path))
+
+
+def report(*args):
+    return subprocess.run([sys.executable, REPORT, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 def scores(frechet_distance, recall):
@@ -104,6 +111,8 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     readme, results = pages(tmp_path)
     behind = run_metrics("jax", 14.234, 7.871, method_std=1.0, ilct_std=2.0)  # beyond the spread (3.00)
     ahead = run_metrics("torch", 5.718, 15.342, method_std=4.0, ilct_std=6.0)  # within the spread (10.00)
+    behind["per_seed"] = {name: [{"one_step": scores(fd, 0.8)} for fd in distances]
+                          for name, distances in (("the_papers_method", (13.0, 14.0, 15.7)), ("ilct", (6.0, 8.0, 9.6)))}
     behind, ahead = write_runs(tmp_path, behind, ahead)
     result = report("--metrics", behind, ahead, "--readme", readme, "--results", results)
     assert result.returncode == 0, result.stderr
@@ -119,6 +128,7 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
         "| iLCT, 1 / 2 steps | 7.87 ± 2.00 / 12.00 ± 1.50 | 0.70 ± 0.03 / 0.75 ± 0.04 |",
         "| untrained model | 199.26 | 0.00 |",
         f"{lost}; the other backends are in [docs/results.md](docs/results.md).",
+        "Per seed (0, 1, 2), 1-step Frechet distance: the paper's method 13.00, 14.00, 15.70; iLCT 6.00, 8.00, 9.60.",
     ]:
         assert f"\n{line}\n" in readme_text, line
     results_text = results.read_text()
@@ -142,14 +152,7 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
             "within the spread of the 3 seeds (10.00, the sum of the standard deviations): not told apart from seed noise; "
             "the other backends are in [docs/results.md](docs/results.md).\n") in readme.read_text()
     assert "| jax |" not in results.read_text()
-
-
-def load_report():
-    """recipes/report.py as a module (plain Python: it imports no backend)."""
-    spec = importlib.util.spec_from_file_location("report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    assert "Per seed" not in readme.read_text()  # a run without per_seed figures
 
 
 @pytest.mark.backend_neutral
