@@ -31,6 +31,7 @@ if args.devices > 1 and keras.backend.backend() == "tensorflow":
 
 sys.path.insert(0, os.path.dirname(__file__))
 from keras_lct import distribute  # noqa: E402
+from keras_lct.backend import distribute as engine  # noqa: E402
 from keras_lct.data import NoisePairedDataset  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
 from test_scale_out import DATA  # noqa: E402
@@ -55,12 +56,15 @@ batch_size = GLOBAL_BATCH // (args.accumulate or 1)
 # OT within the per-device batch of the two-device run, in both runs: the same noise.
 batches = NoisePairedDataset(DATA, batch_size=batch_size, seed=1, ot_group_size=batch_size // 2,
                              shard=run.shard if run is not None else None)
-shapes = []
+shapes, gradient_passes = [], []
 
 
 class RecordShapes(keras.callbacks.Callback):
+    """Each batch's shape, and what the step's gradient pass called (torch in a process group: DDP)."""
+
     def on_train_batch_end(self, batch, logs=None):
         shapes.append(batches[batch][0].shape)
+        gradient_passes.append(type(engine.gradient_synchronized(model.network)).__name__)
 
 
 history = model.fit(batches, epochs=2, verbose=0, callbacks=[RecordShapes()])
@@ -68,5 +72,6 @@ rank = run.process_index if run is not None else 0
 np.savez(args.output.replace(".npz", f".rank{rank}.npz"), loss=np.array(history.history["loss"]),
          training_step=keras.ops.convert_to_numpy(model.training_step),
          num_scales=keras.ops.convert_to_numpy(model.schedule.num_scales), batch_shape=np.array(shapes[0]),
+         gradient_pass=np.array(sorted(set(gradient_passes))),
          **{f"s{i}": v for i, v in enumerate(state_of(model))})
 print(f"rank {rank}: {run}, {len(shapes)} batches of {shapes[0]}")

@@ -59,6 +59,9 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path):
         assert int(two["num_scales"]) == int(one["num_scales"]) == 21
         # Each process reads its part of every global batch of 16.
         assert tuple(two["batch_shape"]) == (16 // processes, 8, 8, 4)
+        # torch's ranks average their gradients in DistributedDataParallel's backward.
+        expected = "DistributedDataParallel" if processes == 2 else one["gradient_pass"][0]
+        assert list(two["gradient_pass"]) == [expected] and one["gradient_pass"][0] != "DistributedDataParallel"
         states = [name for name in one.files if name.startswith("s")]
         for name in states:
             np.testing.assert_allclose(two[name], one[name], rtol=1e-4, atol=2e-6, err_msg=name)

@@ -6,7 +6,8 @@ of an update this replica computes, `scaled_for_replica_sum` for the loss
 (tensorflow sums the replicas' gradients), `sum_over_replicas` for the
 whole update's TD statistic, and `fit` runs in
 `gradients_averaged_over_processes` (torch under torchrun, which Keras'
-released torch backend does not cover).
+released torch backend does not cover), whose `DistributedDataParallel`
+the step's gradient pass calls through `gradient_synchronized`.
 """
 
 import contextlib
@@ -96,33 +97,45 @@ def gradients_averaged_over_processes(model):
     """Context around `fit` for torch in a process group: one model trained by all ranks.
 
     Broadcasts rank 0's variables (weights, EMA and schedule state), then
-    averages every gradient over the processes (`torch.distributed.all_reduce`)
-    as soon as backward has produced it, before the optimizer reads it: every
-    rank applies the same update. A no-op outside a process group and on
-    other backends, whose engines do this themselves.
+    wraps the network in torch's `DistributedDataParallel` for the step's
+    gradient pass (`gradient_synchronized`): its backward averages the
+    gradients over the processes in buckets of about 25 MB, each all-reduce
+    overlapping the rest of the backward, before the optimizer reads them, so
+    every rank applies the same update. A no-op outside a process group and
+    on other backends, whose engines do this themselves.
     """
     processes = _torch_processes()
     if processes is None:
         yield
         return
-    world_size = processes.process_count
     import torch
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     with torch.no_grad():
         for variable in model.variables:
             dist.broadcast(_in_memory_order(variable.value), src=0)
-
-    def average(parameter):
-        dist.all_reduce(_in_memory_order(parameter.grad))
-        parameter.grad.div_(world_size)
-
-    hooks = [variable.value.register_post_accumulate_grad_hook(average) for variable in model.trainable_variables]
+    # init_sync=False: the network's weights were broadcast with the rest of the model's state above.
+    _SYNCHRONIZED[model.network] = DistributedDataParallel(model.network, init_sync=False)
     try:
         yield
     finally:
-        for hook in hooks:
-            hook.remove()
+        del _SYNCHRONIZED[model.network]
+
+
+_SYNCHRONIZED = {}  # {network: its DistributedDataParallel wrapper}, while `fit` runs in a process group
+
+
+def gradient_synchronized(network):
+    """What the step calls `network` through where its gradients are computed.
+
+    Under `gradients_averaged_over_processes` (torch in a process group): the
+    network's `DistributedDataParallel` wrapper, whose backward averages the
+    gradients over the processes. Otherwise `network` itself. Call it once
+    per step with gradients recorded; other forwards (the target's, the
+    sampler's) call the network directly.
+    """
+    return _SYNCHRONIZED.get(network, network)
 
 
 def _in_memory_order(tensor):

@@ -268,10 +268,13 @@ class ConsistencyModel(keras.Model):
         Returns:
             float32 estimate of the clean samples.
         """
+        return self._denoise_with(self.network, x_noisy, sigma, training)
+
+    def _denoise_with(self, network, x_noisy, sigma, training):
         x_noisy = ops.cast(x_noisy, "float32")
         sigma = ops.cast(sigma, "float32") * ops.ones((ops.shape(x_noisy)[0],), "float32")
         c_skip, c_out, c_in, c_noise = schedules.precondition(sigma, self.sigma_data, self.sigma_min)
-        network_output = self.network([_per_sample(c_in, x_noisy) * x_noisy, c_noise], training=training)
+        network_output = network([_per_sample(c_in, x_noisy) * x_noisy, c_noise], training=training)
         return _per_sample(c_skip, x_noisy) * x_noisy + _per_sample(c_out, x_noisy) * ops.cast(
             network_output, "float32"
         )
@@ -304,7 +307,10 @@ class ConsistencyModel(keras.Model):
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
-        student = self.denoise(clean + _per_sample(t, clean) * noise, t, training=True)
+        # The student's backward is where the replicas' gradients are averaged (torch: DDP's buckets).
+        student = self._denoise_with(
+            engine.gradient_synchronized(self.network), clean + _per_sample(t, clean) * noise, t, training=True
+        )
         with fast_paths.no_gradient():
             target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
