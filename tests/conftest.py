@@ -26,6 +26,11 @@ NEUTRAL_BACKEND = os.environ.get("KERAS_LCT_NEUTRAL_BACKEND")
 ONCE_MARKERS = ("backend_neutral", "recipe_bookkeeping")
 
 
+def once_tests_run_here():
+    """Whether this run runs the backend_neutral and recipe_bookkeeping tests (always, outside `make test`)."""
+    return NEUTRAL_BACKEND in (None, keras.backend.backend())
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
@@ -86,7 +91,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    if NEUTRAL_BACKEND not in (None, keras.backend.backend()):
+    if not once_tests_run_here():
         neutral = [item for item in items if any(item.get_closest_marker(name) for name in ONCE_MARKERS)]
         if neutral:
             config.hook.pytest_deselected(items=neutral)
