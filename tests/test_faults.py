@@ -148,6 +148,33 @@ def test_a_ctrl_c_dropped_by_a_garbage_collector_callback_still_stops_fit(ctrl_c
     assert int(model.training_step) == 6
 
 
+class CtrlCTurnedIntoAnotherErrorAt(keras.callbacks.Callback):
+    """Ctrl-C in code that catches the `KeyboardInterrupt` and raises another error, as tf.data's tracing does."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == self.batch:
+            try:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            except KeyboardInterrupt:
+                raise AttributeError("'list' object has no attribute '_type_spec'") from None
+
+
+def test_a_ctrl_c_turned_into_another_error_stops_fit_as_an_interrupt(ctrl_c_raises):
+    model = built_model()
+    completed = CompletedSteps()
+    with pytest.raises(KeyboardInterrupt) as raised:
+        model.fit(DATA, batch_size=4, epochs=2, verbose=0, callbacks=[completed, CtrlCTurnedIntoAnotherErrorAt(1)])
+    assert isinstance(raised.value.__cause__, AttributeError)  # what the interrupted code raised stays readable
+    assert int(model.training_step) == completed.count == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(AttributeError):  # without a Ctrl-C the same error is the error
+        model.fit(DATA, batch_size=4, epochs=1, verbose=0, callbacks=[RaiseAt("begin", 0, AttributeError)])
+
+
 def test_a_programs_own_sigint_handler_is_left_alone():
     def handler(signal_number, frame):
         raise KeyboardInterrupt

@@ -114,8 +114,10 @@ def interrupts_delivered(callbacks):
     `fit` a Ctrl-C was often lost and training went on. Here the interrupt is
     raised as usual and also noted; one that was dropped is raised again at
     the end of the current batch (by a callback appended to `callbacks`), or
-    as `fit` returns. A SIGINT handler set by the program, or `fit` outside
-    the main thread, is left alone.
+    as `fit` returns. An error raised by the code the interrupt landed in
+    (tf.data's dataset tracing turns it into an `AttributeError`) is raised
+    as `KeyboardInterrupt` from that error. A SIGINT handler set by the
+    program, or `fit` outside the main thread, is left alone.
     """
     callbacks = list(callbacks or [])
     if (
@@ -136,6 +138,11 @@ def interrupts_delivered(callbacks):
     except KeyboardInterrupt:
         pending.clear()
         raise
+    except Exception as error:
+        if not pending:
+            raise
+        pending.clear()
+        raise KeyboardInterrupt from error
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if pending:
