@@ -5,7 +5,8 @@ the row's settings change. The tables (paper section 5.3, table 2):
 
 - 2a, the techniques one by one: iLCT (pseudo-Huber, c fixed at c0, no diffusion loss,
   independent noise, GroupNorm) -> + Cauchy loss -> + diffusion loss (r = 0.25) -> + minibatch OT
-  -> + adaptive c (eq. 11) -> + NsLN, which is the paper's method;
+  -> + adaptive c (eq. 11) -> + NsLN, which is the paper's method; and one row the paper does not
+  have: its method with `AdaptiveC("measured")`, c following the measured TD spread instead of eq. 11;
 - 2b, the diffusion loss threshold r in {1.0, 0.6, 0.25};
 - 2c, the robust loss: L2, pseudo-Huber, Geman-McClure, Cauchy;
 - 2d, the normalization: GN, IN, LN, RMS, NsLN, and the non-scaling GroupNorm and InstanceNorm
@@ -119,15 +120,16 @@ backend = keras.backend.backend()
 stage = stage_printer(started)  # prints "[  seconds] message"
 
 # ## The rows. A row is its settings; rows shared by several tables are trained once.
+# "adaptive_c": False (c = c0 throughout) or the `constants` of AdaptiveC: "paper" (eq. 11) or "measured".
 ILCT = {"loss": "pseudo_huber", "r": 0.0, "ot": False, "adaptive_c": False, "norm": "group"}
 STEPS_OF_2A = [("+ Cauchy", {"loss": "cauchy"}), ("+ diffusion loss", {"r": 0.25}), ("+ OT", {"ot": True}),
-               ("+ adaptive c", {"adaptive_c": True}), ("+ NsLN", {"norm": "nsln"})]
+               ("+ adaptive c", {"adaptive_c": "paper"}), ("+ NsLN", {"norm": "nsln"})]
 ROWS_2A = [("iLCT", ILCT)]
 for label, change in STEPS_OF_2A:
     ROWS_2A.append((label, {**ROWS_2A[-1][1], **change}))
 PAPER = ROWS_2A[-1][1]
 TABLE_ROWS = {
-    "2a": ROWS_2A,
+    "2a": ROWS_2A + [("the method, measured c", {**PAPER, "adaptive_c": "measured"})],
     "2b": [(f"r = {r}", {**PAPER, "r": r}) for r in (1.0, 0.6, 0.25)],
     "2c": [(label, {**PAPER, "loss": loss}) for label, loss in
            [("L2", "l2"), ("Pseudo-Huber", "pseudo_huber"), ("Geman-McClure", "geman_mcclure"), ("Cauchy", "cauchy")]],
@@ -141,9 +143,12 @@ TABLE_TITLES = {
 }
 
 
+C_KEYS = {False: "c0", "paper": "adaptive", "measured": "measured"}
+
+
 def row_key(settings):
     return (f"{settings['loss']}_r{settings['r']}_{'ot' if settings['ot'] else 'independent'}_"
-            f"{'adaptive' if settings['adaptive_c'] else 'c0'}_{settings['norm']}")
+            f"{C_KEYS[settings['adaptive_c']]}_{settings['norm']}")
 
 
 # ## The data: the quickstart's latents, its autoencoder and feature network.
@@ -212,7 +217,7 @@ def train_and_score(variant, settings, seed):
     batches = NoisePairedDataset(variants[variant]["latents"], batch_size=args.batch_size, ot=settings["ot"], seed=seed)
     epochs = -(-args.steps // len(batches))
     curve = FrechetCurve(variants[variant]["reference"], len(batches), max(1, epochs // CURVE_POINTS), seed + 1)
-    callbacks = [ExpCurriculum(), curve] + ([AdaptiveC()] if settings["adaptive_c"] else [])
+    callbacks = [ExpCurriculum(), curve] + ([AdaptiveC(settings["adaptive_c"])] if settings["adaptive_c"] else [])
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
     one_step = decode(model.sample(args.num_samples, steps=1, seed=seed + 1))
     two_step = decode(model.sample(args.num_samples, steps=2, seed=seed + 1))
