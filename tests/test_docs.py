@@ -5,6 +5,8 @@
 - Every citation `docs/reference.md "Heading"` (or `reference.md 'Heading'`) names a heading that
   docs/reference.md has.
 - Every relative markdown link of README.md and docs/*.md points to a file that exists.
+- The ablation tables docs/results.md shows are those recipes/ablation.py wrote to the committed
+  run folder (docs/ablation/<date>/results.md), line for line.
 
 Plain text reading; nothing is imported from the library or from Keras.
 """
@@ -207,3 +209,16 @@ def test_relative_markdown_links_resolve():
 )
 def test_citation_parsing(text, expected):
     assert [heading for _, heading in citations(text)] == expected
+
+
+@pytest.mark.backend_neutral
+def test_the_results_page_shows_the_committed_ablation_tables_as_the_recipe_wrote_them():
+    results_page = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    shown = 0
+    for table in sorted((ROOT / "docs" / "ablation").glob("*/results.md")):
+        rows = [line for line in table.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+        assert rows, f"{relative(table)} has no table"
+        missing = [row for row in rows if row not in results_page]
+        assert not missing, f"docs/results.md lacks {len(missing)} row(s) of {relative(table)}, e.g. {missing[0]}"
+        shown += 1
+    assert shown  # the dated ablation folders are committed
