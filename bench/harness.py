@@ -29,11 +29,25 @@ class StepTimer(keras.callbacks.Callback):
         self.losses.append(float(logs["loss"]))
 
 
-def mid_curriculum_model(preset, data_shape=(32, 32, 4)):
+# The quickstart's UNet (recipes/quickstart.py) on its 4x4x4 digit latents: where per-layer overhead,
+# not arithmetic, sets a CPU step's time.
+DIGITS_UNET = dict(img_resolution=4, in_channels=4, out_channels=4, model_channels=32, channel_mult=(1, 2),
+                   num_blocks=1, attn_resolutions=(), channels_per_head=64)
+
+
+def network_and_data_shape(preset):
+    """The UNet of `preset` (a UNet preset, or "digits": `DIGITS_UNET`) and its data shape."""
+    if preset == "digits":
+        return UNet(**DIGITS_UNET), (4, 4, 4)
+    return UNet.from_preset(preset), (32, 32, 4)
+
+
+def mid_curriculum_model(preset, data_shape=None, jit_compile="auto"):
     """A compiled `ConsistencyModel` around UNet `preset`, at step MID_STEP of its curriculum."""
-    model = ConsistencyModel(UNet.from_preset(preset))
-    model.build((None,) + tuple(data_shape))
-    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4))
+    network, preset_data_shape = network_and_data_shape(preset)
+    model = ConsistencyModel(network)
+    model.build((None,) + tuple(data_shape or preset_data_shape))
+    model.compile(optimizer=RAdam(1e-4, weight_decay=1e-4), jit_compile=jit_compile)
     model.set_curriculum(TOTAL_STEPS)
     model.set_robustness_schedule()
     model.training_step.assign(MID_STEP)

@@ -12,8 +12,11 @@ from keras import ops
 
 from keras_lct import callbacks
 from keras_lct import schedules
+from keras_lct.backend import compiled
 from keras_lct.models import ConsistencyModel
 from keras_lct.models import MLPDenoiser
+from keras_lct.models import UNet
+from keras_lct.optimizers import RAdam
 
 MODES = np.array([[0.5, 0.5], [-0.5, 0.5], [0.5, -0.5], [-0.5, -0.5]], "float32")
 
@@ -311,19 +314,52 @@ def run_python(code, env_backend=None, timeout=600):
     return result
 
 
+def small_unet_model(jit_compile, seed=0):
+    """A ConsistencyModel around a one-level UNet with attention on 4x4x4 data (small: torch.compile's
+    inductor takes about a minute to compile it on 2 CPU cores)."""
+    keras.utils.set_random_seed(seed)
+    network = UNet(img_resolution=4, in_channels=4, out_channels=4, model_channels=8, channel_mult=(1,),
+                   num_blocks=1, attn_resolutions=(4,), channels_per_head=8)
+    model = ConsistencyModel(network, ema_decays=(0.9,), seed=seed)
+    model.build((None, 4, 4, 4))
+    model.compile(optimizer=RAdam(1e-3), jit_compile=jit_compile)
+    model.set_curriculum(100)
+    model.set_robustness_schedule()
+    return model
+
+
 @pytest.mark.compiled_step
-def test_jit_compile_true_compiles_where_the_backend_can_and_runs_eagerly_on_torch():
-    model = ConsistencyModel(MLPDenoiser(2, width=16), ema_decays=())
-    model.build((None, 2))
+def test_jit_compile_true_compiles_the_step_with_the_same_losses_and_weights():
+    # jax and tensorflow: XLA compiles the whole step. torch: the step calls its network through
+    # torch.compile (keras_lct.backend.compiled): the student's forward and backward, the target's forward.
+    data = np.random.default_rng(0).normal(size=(32, 4, 4, 4)).astype("float32") * 0.5
+    runs = {}
+    for jit_compile in (False, True):
+        model = small_unet_model(jit_compile)
+        assert model.jit_compile is jit_compile
+        history = model.fit(data, batch_size=16, epochs=3, shuffle=False, verbose=0)
+        runs[jit_compile] = history.history["loss"], [ops.convert_to_numpy(v) for v in model.network.weights]
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-4)
+    for compiled_weight, eager_weight in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_allclose(compiled_weight, eager_weight, rtol=1e-3, atol=1e-5)
     if keras.backend.backend() == "torch":
-        with pytest.warns(UserWarning, match="jit_compile"):
-            model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
-        assert model.jit_compile is False
-    else:
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
-        assert model.jit_compile is True
-    history = model.fit(np.random.default_rng(0).normal(size=(32, 2)).astype("float32"), batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][-1])
+        import torch
+
+        # The network traces whole: a graph break would leave Keras' per-layer work in the step.
+        explanation = torch._dynamo.explain(lambda x, noise_labels: model.network([x, noise_labels], training=True))(
+            ops.convert_to_tensor(data[:16]), ops.zeros((16,))
+        )
+        assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+        assert model.network in compiled._CALLERS  # and the step called it through torch.compile
+
+
+def test_jit_compile_takes_the_modes_of_torch_compile():
+    model = small_unet_model("reduce-overhead")
+    # On torch the mode goes to torch.compile (CUDA graphs on a GPU); elsewhere it means XLA.
+    assert model.jit_compile == ("reduce-overhead" if keras.backend.backend() == "torch" else True)
+    assert model.get_compile_config()["jit_compile"] == model.jit_compile
+    with pytest.raises(ValueError, match="max-autotune"):
+        model.compile(optimizer=RAdam(1e-3), jit_compile="fastest")
 
 
 @pytest.mark.compiled_step

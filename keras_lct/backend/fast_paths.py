@@ -35,7 +35,6 @@ paths give the same loss, gradients and updates).
 """
 
 import contextlib
-import functools
 import threading
 
 import keras
@@ -170,11 +169,6 @@ class DirectNestedCall:
         return self.call(*args, **kwargs)
 
 
-@functools.cache
-def _dtype_name(dtype):
-    return keras.backend.standardize_dtype(dtype)
-
-
 def _direct_call_context(layer, args, kwargs):
     """The enclosing Keras call context when `layer.__call__(*args, **kwargs)` would do no more
     than `layer.call` (with that context's `training`); None otherwise."""
@@ -189,7 +183,7 @@ def _direct_call_context(layer, args, kwargs):
     for value in args:
         if (
             not isinstance(value, torch.Tensor)
-            or _dtype_name(value.dtype) != input_dtype
+            or value.dtype != getattr(torch, input_dtype, None)
             or getattr(value, "_keras_mask", None) is not None
         ):
             return None

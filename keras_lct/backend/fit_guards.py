@@ -6,7 +6,6 @@
   batch that never arrived leaves the step counter and EMA alone;
 - `check_sample_shape` (tensorflow): a run-time shape check that gates the
   batch, for sample shapes unknown when the step is traced;
-- `step_can_be_jit_compiled`: where `jit_compile=True` can compile the step;
 - `optimizer_built_before_tracing` (tensorflow): the step is traced once, not twice.
 
 Each is a no-op (or the plain answer) on the backends that need nothing.
@@ -33,17 +32,6 @@ def after(tensors):
     import tensorflow as tf
 
     return tf.control_dependencies(tensors)
-
-
-def step_can_be_jit_compiled():
-    """Whether `compile(jit_compile=True)` can compile the training step here.
-
-    Not on torch (Keras 3.15, torch 2.13): torch.compile's dynamo recompiles at
-    every UNet block's name scope, and inductor fails on the channels_last
-    convolution's strides (docs/benchmarks.md). A model that reports False as
-    its `supports_jit` gets Keras' warning and runs eagerly instead.
-    """
-    return keras.backend.backend() != "torch"
 
 
 def optimizer_built_before_tracing(model):

@@ -190,6 +190,8 @@ class UNetBlock(fast_paths.DirectNestedCall, keras.layers.Layer):
         if x_shape[-1] != self.in_channels:
             raise ValueError(f"UNetBlock(in_channels={self.in_channels}) received {x_shape[-1]} channels.")
         self.norm0.build(x_shape)
+        if self.resample is not None:
+            self.resample.build(x_shape)
         resampled = self.resample.compute_output_shape(x_shape) if self.resample else tuple(x_shape)
         self.conv0.build(resampled)
         output_shape = resampled[:-1] + (self.out_channels,)

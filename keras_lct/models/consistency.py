@@ -25,6 +25,7 @@ from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
 from keras_lct._validation import check_seed
+from keras_lct.backend import compiled
 from keras_lct.backend import distribute as engine
 from keras_lct.backend import fast_paths
 from keras_lct.backend import fit_guards
@@ -203,7 +204,6 @@ class ConsistencyModel(keras.Model):
         self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
         self.num_scales_tracker = LatestValue(name="num_scales")
         self.robustness_c_tracker = LatestValue(name="c")
-        self.supports_jit = fit_guards.step_can_be_jit_compiled()
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
@@ -309,10 +309,14 @@ class ConsistencyModel(keras.Model):
 
         # The student's backward is where the replicas' gradients are averaged (torch: DDP's buckets).
         student = self._denoise_with(
-            engine.gradient_synchronized(self.network), clean + _per_sample(t, clean) * noise, t, training=True
+            self._step_network(engine.gradient_synchronized(self.network)), clean + _per_sample(t, clean) * noise, t,
+            training=True,
         )
         with fast_paths.no_gradient():
-            target = ops.stop_gradient(self.denoise(clean + _per_sample(next_t, clean) * noise, next_t, training=True))
+            target = ops.stop_gradient(
+                self._denoise_with(self._step_network(self.network), clean + _per_sample(next_t, clean) * noise, next_t,
+                                   training=True)
+            )
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
         # Normalized by the low-noise count of the whole update, so that the mean over its
@@ -381,6 +385,10 @@ class ConsistencyModel(keras.Model):
         uniform = keras.random.uniform((batch * shares,), seed=self.seed_generator)
         update_indices = schedules.sample_from_probabilities(probabilities, uniform)
         return ops.cast(noise, "float32"), this_share(update_indices), update_indices
+
+    def _step_network(self, network):
+        """`network`, or on torch with `jit_compile` on, its call compiled by torch.compile (`keras_lct.backend.compiled`)."""
+        return compiled.network_caller(network, self.jit_compile)
 
     def _low_noise(self, index, num_scales):
         """1.0 where grid index `index` is among the lowest `diffusion_fraction` of the noise levels."""
@@ -528,6 +536,23 @@ class ConsistencyModel(keras.Model):
             return
         for index, variable in enumerate(own[:before_td_statistics]):
             variable.assign(store[f"{index}"])
+
+    def compile(self, *args, jit_compile="auto", **kwargs):
+        """`keras.Model.compile`; on torch, `jit_compile` compiles the network's calls in the step.
+
+        `jit_compile=True` compiles the whole step with XLA on jax and
+        tensorflow. On torch the step stays eager and calls its network
+        through `torch.compile`; `jit_compile` may also name a mode of
+        `torch.compile` (`"reduce-overhead"`: CUDA graphs on a GPU;
+        `"max-autotune"`, `"max-autotune-no-cudagraphs"`, `"default"`), which
+        means True on the other backends. See `keras_lct.backend.compiled`.
+        """
+        super().compile(*args, jit_compile=compiled.jit_compile_setting(jit_compile), **kwargs)
+
+    def _should_torch_compile(self):
+        # Keras' torch trainer compiles the whole step (and predict) where this is True; the
+        # step compiles its network's calls instead (`_step_network`).
+        return False
 
     def get_compile_config(self):
         # A jit_compile equal to what "auto" gives on this backend is stored as

@@ -195,6 +195,7 @@ class UNet(keras.Model):
         if tuple(x_shape[1:]) != expected:
             raise ValueError(f"This UNet takes inputs of shape {expected}; received {tuple(x_shape[1:])}.")
         emb_shape = (None, self.model_channels * self.channel_mult_emb)
+        self.map_noise.build((None,))
         self.map_layer0.build((None, self.model_channels))
         self.map_layer1.build(emb_shape)
         shape, skips = tuple(x_shape), []
