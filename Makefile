@@ -21,7 +21,7 @@ TEST_THREADS ?= 1
 TEST_WORKERS ?= 2
 TEST_LOGS := runs/test-logs
 TEST_TMP := runs/test-tmp
-DEMO_BACKEND ?= jax
+DEMO_BACKEND ?= tensorflow
 
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

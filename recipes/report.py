@@ -12,7 +12,7 @@ committed runs are `docs/results/quickstart-<backend>.json`, each a `make demo` 
 
 It renders two blocks, each between HTML comment markers that it finds in the files:
 
-- `quickstart table`: the first file's run (the demo's backend, jax, when there is one) as a
+- `quickstart table`: the first file's run (the demo's backend, tensorflow, when there is one) as a
   table of Frechet distance and recall (held-out real digits, the paper's method and iLCT at 1
   and 2 steps as mean ± std over the run's seeds, the untrained model), with a sentence saying
   which method has the lower mean 1-step Frechet distance, by how much, and whether by more than
@@ -38,7 +38,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_FOLDER = os.path.join(ROOT, "docs", "results")
-DEMO_BACKEND = "jax"  # the Makefile's DEMO_BACKEND: its run goes first, so the README shows it
+DEMO_BACKEND = "tensorflow"  # the Makefile's DEMO_BACKEND: its run goes first, so the README shows it
 END_MARKER = "<!-- /report.py -->"
 QUICKSTART_BLOCK = "quickstart table"
 BACKENDS_BLOCK = "backends table"
@@ -48,7 +48,8 @@ RERUN = (
 )
 SCORES = ("frechet_distance", "recall")
 # What a metrics file must hold: (key path, kind). Each score is {"frechet_distance", "recall"}.
-REQUIRED = [(("backend",), str), (("seconds",), float), (("date",), str), (("commit",), str), (("versions",), dict)]
+REQUIRED = [(("backend",), str), (("seconds",), float), (("steps",), int), (("date",), str), (("commit",), str),
+            (("versions",), dict)]
 REQUIRED += [((*run, score), float) for run in (("real_holdout",), ("one_step",), ("two_step",), ("ilct", "one_step"),
                                                ("ilct", "two_step"), ("untrained",)) for score in SCORES]
 REQUIRED += [((*run, f"{score}_std"), float) for run in (("one_step",), ("two_step",), ("ilct", "one_step"),
@@ -189,6 +190,17 @@ def seeds_named(metrics):
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
 
 
+def paired_by_ot(metrics):
+    """Whether the run's paper's method paired noise and data by minibatch OT (quickstarts before
+    its `--ot` option always did, and their files lack the key)."""
+    return metrics.get("minibatch_ot", True)
+
+
+def training_named(metrics):
+    """The run's training settings, for the backends table: steps per model, and OT on or off."""
+    return f"{metrics['steps']} steps, OT {'on' if paired_by_ot(metrics) else 'off'}"
+
+
 def placeholder_note(metrics):
     note = metrics.get("placeholder")
     return [] if not note else [f"**{metrics['backend']}: placeholder, not a measurement.** {note}", ""]
@@ -220,8 +232,9 @@ def quickstart_block(metrics, see_also=""):
     lines = [
         start_marker(QUICKSTART_BLOCK),
         f"Measured with `make demo` on {metrics['backend']} ({metrics['date'][:10]}, commit {metrics['commit']}, "
-        f"{metrics['seconds']:.0f} s on this machine's 2 CPU cores); each consistency model trained from "
-        f"{seeds_named(metrics)}, mean ± standard deviation:",
+        f"{metrics['seconds']:.0f} s on this machine's 2 CPU cores); each consistency model trained for "
+        f"{metrics['steps']} steps from {seeds_named(metrics)}, the paper's method "
+        f"{'with' if paired_by_ot(metrics) else 'without'} minibatch OT; mean ± standard deviation:",
         "",
         *placeholder_note(metrics),
         "| samples | Frechet distance | recall |",
@@ -246,13 +259,13 @@ def backends_block(runs):
     """One row per run, their versions, and on which backends each method has the lower 1-step distance."""
     lines = [
         start_marker(BACKENDS_BLOCK),
-        "| backend | wall time | seeds | method 1 / 2 steps: FD, recall | iLCT 1 / 2 steps: FD, recall | held-out | untrained | date | commit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | wall time | seeds | training | method 1 / 2 steps: FD, recall | iLCT 1 / 2 steps: FD, recall | held-out | untrained | date | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for metrics in runs:
         seeds = len(metrics["seeds"])
         lines.append(
-            f"| {metrics['backend']} | {metrics['seconds']:.0f} s | {seeds} "
+            f"| {metrics['backend']} | {metrics['seconds']:.0f} s | {seeds} | {training_named(metrics)} "
             f"| {pair(metrics['one_step'], seeds)} / {pair(metrics['two_step'], seeds)} "
             f"| {pair(metrics['ilct']['one_step'], seeds)} / {pair(metrics['ilct']['two_step'], seeds)} | {pair(metrics['real_holdout'])} "
             f"| {pair(metrics['untrained'])} | {metrics['date'][:10]} | {metrics['commit']} |"
