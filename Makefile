@@ -4,6 +4,7 @@
 #   TORCH       the torch requirement installed first. The default is a CPU build;
 #               users with GPUs set e.g. TORCH="torch==2.13.0 --index-url <their CUDA index>".
 #   TENSORFLOW  the TensorFlow requirement (tensorflow-cpu; `tensorflow` for GPUs).
+#   DEMO_BACKEND the backend of `make demo` (tensorflow: the fastest for the quickstart's small UNet on a CPU).
 #   BACKENDS    the Keras backends `make test` runs the suite on, one pytest run each, all
 #               at once (see docs/testing.md); each backend's log is in runs/test-logs/.
 #   NEUTRAL_BACKEND the backend that runs the tests marked backend_neutral (torch if listed).
@@ -25,6 +26,9 @@ DEMO_BACKEND ?= tensorflow
 
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
+# The demo needs its backend and the `eval` extra only (figures, the digits): a fresh machine runs it sooner.
+DEMO_REQUIREMENT = $(if $(filter tensorflow,$(DEMO_BACKEND)),"$(TENSORFLOW)",$(if $(filter torch,$(DEMO_BACKEND)),$(TORCH),jax))
 
 .PHONY: install demo test clean
 
@@ -38,7 +42,14 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV_PYTHON) -m pip install --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
-demo: install
+# After `make install` (the full set) the demo installs nothing more.
+$(DEMO_STAMP): pyproject.toml Makefile
+	if [ -f $(STAMP) ] && [ $(STAMP) -nt Makefile ] && [ $(STAMP) -nt pyproject.toml ]; then touch $(DEMO_STAMP); exit 0; fi; \
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV); \
+	$(VENV_PYTHON) -m pip install $(DEMO_REQUIREMENT) -e ".[eval]" && \
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/quickstart.py --output runs/quickstart
 
 # Each backend's closing lines go out in one write (the .summary file), so the runs' lines do not interleave.

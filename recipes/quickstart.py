@@ -51,13 +51,16 @@ TWO_STEP_LEVEL = 1.5
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/quickstart", help="folder for every artifact (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1500, help="consistency training steps per model (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1000, help="consistency training steps per model (default: %(default)s)")
     parser.add_argument("--vae-epochs", type=int, default=15, help="autoencoder training epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="batch size of the consistency models (default: %(default)s; the autoencoder and the classifier use 64)")
     parser.add_argument("--model-channels", type=int, default=32,
                         help="width of the consistency models' UNet (its first level's channels; default: %(default)s)")
     parser.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the weights sampled from (default: %(default)s)")
+    parser.add_argument("--curriculum-s1", type=int, default=320,
+                        help="the discretization curriculum's final N - 1 (eq. 10's s1; the paper's 640 needs a longer "
+                             "run; default: %(default)s)")
     parser.add_argument("--ot", action="store_true",
                         help="pair noise and data by minibatch OT in the paper's method (paper 4.4; off: on these "
                              "latents it measured harmful, docs/results.md)")
@@ -73,6 +76,8 @@ def parse_args(argv=None):
     for name in ("steps", "vae_epochs", "batch_size", "seeds", "model_channels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1; received {getattr(args, name)}.")
+    if args.curriculum_s1 < 10:
+        parser.error(f"--curriculum-s1 must be at least the curriculum's s0, 10; received {args.curriculum_s1}.")
     return args
 
 
@@ -193,7 +198,7 @@ def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c):
     model = consistency_model(norm, loss, diffusion_fraction, seed)
     batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=seed)
     epochs = -(-args.steps // len(batches))
-    callbacks = [ExpCurriculum()]  # N's curriculum over the whole fit: epochs x len(batches) steps
+    callbacks = [ExpCurriculum(s1=args.curriculum_s1)]  # N's curriculum over the whole fit: epochs x len(batches) steps
     if adaptive_c:
         callbacks.append(AdaptiveC())
     stage(f"training {name}, seed {seed} ({model.network.count_params():,} parameters): "
@@ -284,6 +289,7 @@ results.update(
     backend=backend,
     seconds=round(time.time() - started, 1),
     steps=args.steps,
+    curriculum_s1=args.curriculum_s1,
     minibatch_ot=args.ot,
     two_step_level=TWO_STEP_LEVEL,
     classifier_accuracy=accuracy,

@@ -196,9 +196,14 @@ def paired_by_ot(metrics):
     return metrics.get("minibatch_ot", True)
 
 
+def curriculum_s1(metrics):
+    """The run's final N - 1 (the paper's 640 before the quickstart's `--curriculum-s1`)."""
+    return metrics.get("curriculum_s1", 640)
+
+
 def training_named(metrics):
-    """The run's training settings, for the backends table: steps per model, and OT on or off."""
-    return f"{metrics['steps']} steps, OT {'on' if paired_by_ot(metrics) else 'off'}"
+    """The run's training settings, for the backends table: steps per model, s1, and OT on or off."""
+    return f"{metrics['steps']} steps, s1 {curriculum_s1(metrics)}, OT {'on' if paired_by_ot(metrics) else 'off'}"
 
 
 def placeholder_note(metrics):
@@ -233,8 +238,8 @@ def quickstart_block(metrics, see_also=""):
         start_marker(QUICKSTART_BLOCK),
         f"Measured with `make demo` on {metrics['backend']} ({metrics['date'][:10]}, commit {metrics['commit']}, "
         f"{metrics['seconds']:.0f} s on this machine's 2 CPU cores); each consistency model trained for "
-        f"{metrics['steps']} steps from {seeds_named(metrics)}, the paper's method "
-        f"{'with' if paired_by_ot(metrics) else 'without'} minibatch OT; mean ± standard deviation:",
+        f"{metrics['steps']} steps (curriculum up to N = {curriculum_s1(metrics) + 1}) from {seeds_named(metrics)}, "
+        f"the paper's method {'with' if paired_by_ot(metrics) else 'without'} minibatch OT; mean ± standard deviation:",
         "",
         *placeholder_note(metrics),
         "| samples | Frechet distance | recall |",

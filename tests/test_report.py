@@ -111,7 +111,8 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     readme, results = pages(tmp_path)
     behind = run_metrics("jax", 14.234, 7.871, method_std=1.0, ilct_std=2.0)  # beyond the spread (3.00)
     ahead = run_metrics("torch", 5.718, 15.342, method_std=4.0, ilct_std=6.0)  # within the spread (10.00)
-    ahead["minibatch_ot"] = False  # a run with --ot off; files without the key predate the option and paired by OT
+    # A run with --ot off and --curriculum-s1 320; files without the keys predate the options (OT on, s1 640).
+    ahead.update(minibatch_ot=False, curriculum_s1=320)
     behind["per_seed"] = {name: [{"one_step": scores(fd, 0.8)} for fd in distances]
                           for name, distances in (("the_papers_method", (13.0, 14.0, 15.7)), ("ilct", (6.0, 8.0, 9.6)))}
     behind, ahead = write_runs(tmp_path, behind, ahead)
@@ -123,7 +124,8 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
             "6.36 higher, more than the spread of the 3 seeds (3.00, the sum of the standard deviations)")
     for line in [
         "Measured with `make demo` on jax (2026-12-04, commit abc1234, 290 s on this machine's 2 CPU cores); "
-        "each consistency model trained for 1500 steps from 3 seeds (0, 1, 2), the paper's method with minibatch OT; "
+        "each consistency model trained for 1500 steps (curriculum up to N = 641) from 3 seeds (0, 1, 2), "
+        "the paper's method with minibatch OT; "
         "mean ± standard deviation:",
         "| real held-out digits | 0.63 | 0.92 |",
         "| the paper's method, 1 / 2 steps | 14.23 ± 1.00 / 6.50 ± 0.50 | 0.80 ± 0.02 / 0.88 ± 0.01 |",
@@ -136,12 +138,12 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     results_text = results.read_text()
     assert results_text.startswith("before\n") and f"{END}\nmiddle\n" in results_text
     for line in [
-        "| jax | 290 s | 3 | 1500 steps, OT on | 14.23 ± 1.00, 0.80 ± 0.02 / 6.50 ± 0.50, 0.88 ± 0.01 | 7.87 ± 2.00, 0.70 ± 0.03 / 12.00 ± 1.50, "
+        "| jax | 290 s | 3 | 1500 steps, s1 640, OT on | 14.23 ± 1.00, 0.80 ± 0.02 / 6.50 ± 0.50, 0.88 ± 0.01 | 7.87 ± 2.00, 0.70 ± 0.03 / 12.00 ± 1.50, "
         "0.75 ± 0.04 | 0.63, 0.92 | 199.26, 0.00 | 2026-12-04 | abc1234 |",
         f"{lost}.",
     ]:
         assert f"\n{line}\n" in results_text, line
-    assert "| torch | 290 s | 3 | 1500 steps, OT off | 5.72 ± 4.00, 0.80 ± 0.02 / " in results_text
+    assert "| torch | 290 s | 3 | 1500 steps, s1 320, OT off | 5.72 ± 4.00, 0.80 ± 0.02 / " in results_text
     assert "keras 3.15.1, keras_lct 0.1.0, torch 9.9" in results_text
     assert ("The lower mean 1-step Frechet distance: iLCT on jax; the paper's method on torch (within the seeds' spread); "
             "mean over the 2 backends 9.98 (the paper's method) against 11.61 (iLCT).") in results_text
@@ -154,7 +156,7 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
             "within the spread of the 3 seeds (10.00, the sum of the standard deviations): not told apart from seed noise; "
             "the other backends are in [docs/results.md](docs/results.md).\n") in readme.read_text()
     assert "| jax |" not in results.read_text()
-    assert "from 3 seeds (0, 1, 2), the paper's method without minibatch OT;" in readme.read_text()
+    assert "(curriculum up to N = 321) from 3 seeds (0, 1, 2), the paper's method without minibatch OT;" in readme.read_text()
     assert "Per seed" not in readme.read_text()  # a run without per_seed figures
 
 
