@@ -17,7 +17,7 @@ latents with a documented fraction of their elements replaced by impulsive outli
 premise, section 4.1, which the digit latents lack; table 2a only by default). Fig. 1's
 statistics of both go to latent_statistics.json.
 
-    KERAS_BACKEND=jax python recipes/quickstart.py --output runs/quickstart   # once (make demo)
+    KERAS_BACKEND=tensorflow python recipes/quickstart.py --output runs/quickstart   # once (make demo)
     KERAS_BACKEND=jax python recipes/ablation.py --data runs/quickstart       # every table, 3 seeds
     KERAS_BACKEND=jax python recipes/ablation.py --data runs/quickstart --quick --tables 2b
     KERAS_BACKEND=jax python recipes/ablation.py --report-only    # the tables so far, e.g. from another shell

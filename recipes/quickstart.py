@@ -20,9 +20,9 @@ pixels that ship with the package; nothing is downloaded):
    than the seeds' spread (a single seed's difference here is noise);
 6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
 
-    KERAS_BACKEND=jax python recipes/quickstart.py            # or torch / tensorflow
-    KERAS_BACKEND=jax python recipes/quickstart.py --fast     # a 3-minute smoke run (2 seeds)
-    KERAS_BACKEND=jax python recipes/quickstart.py --seeds 1  # one seed, about 8 minutes
+    KERAS_BACKEND=tensorflow python recipes/quickstart.py            # or jax / torch (slower here)
+    KERAS_BACKEND=tensorflow python recipes/quickstart.py --fast     # a 2-minute smoke run (2 seeds)
+    KERAS_BACKEND=tensorflow python recipes/quickstart.py --seeds 1  # one seed, about 4 minutes
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
 2-step samples of the first seed's model), training.png (the first seed's curves), metrics.json
@@ -51,7 +51,7 @@ TWO_STEP_LEVEL = 1.5
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/quickstart", help="folder for every artifact (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1000, help="consistency training steps per model (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=900, help="consistency training steps per model (default: %(default)s)")
     parser.add_argument("--vae-epochs", type=int, default=15, help="autoencoder training epochs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="batch size of the consistency models (default: %(default)s; the autoencoder and the classifier use 64)")
