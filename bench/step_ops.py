@@ -71,19 +71,22 @@ def launched_ops(step):
     aten op does (`aten::convolution` calls `aten::_convolution` ...); each fused kernel of a
     torch.compile'd graph counts once ("inductor kernel"). A TorchDispatchMode would not do: dynamo
     runs a compiled function eagerly while one is active.
+
+    Returns:
+        `(launched, every)`: the ops launched as above, and every profiled event by name,
+        wherever it was called from (for the host syncs and the convolutions).
     """
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         step()
-    counts = collections.Counter()
+    launched, every = collections.Counter(), collections.Counter()
     for event in profile.events():
+        every[event.name] += 1
         parent = event.cpu_parent
-        if event.name == SYNC_OP or (
-            event.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::"))
-        ):
-            counts[event.name] += 1
+        if event.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::")):
+            launched[event.name] += 1
         elif event.name.startswith(INDUCTOR_KERNEL_PREFIXES):
-            counts["inductor kernel"] += 1
-    return counts
+            launched["inductor kernel"] += 1
+    return launched, every
 
 
 def measure(preset, mode):
@@ -99,7 +102,7 @@ def measure(preset, mode):
               callbacks=[timer])
     first_step = timer.durations[0]
     timer = StepTimer()
-    ops = launched_ops(lambda: model.train_on_batch(batches[-1]))
+    ops, every = launched_ops(lambda: model.train_on_batch(batches[-1]))
     model.fit(np.concatenate(batches[args.warmup : -1]), batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False,
               callbacks=[timer])
     step = statistics.median(timer.durations)
@@ -109,8 +112,8 @@ def measure(preset, mode):
         first_step_seconds=first_step,
         ops_launched=sum(ops.values()),
         inductor_kernels=ops["inductor kernel"],
-        host_syncs=ops[SYNC_OP],
-        convolutions=ops["aten::convolution"] + ops["aten::convolution_backward"],
+        host_syncs=every[SYNC_OP],
+        convolutions=every["aten::convolution"] + every["aten::convolution_backward"],
         top_ops=ops.most_common(10),
         median_step_seconds=step,
         samples_per_second=args.batch_size / step,

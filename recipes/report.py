@@ -6,7 +6,7 @@ committed runs are `docs/results/quickstart-<backend>.json`, each a `make demo` 
 `runs/quickstart/metrics.json` (`make demo DEMO_BACKEND=torch` for another backend):
 
     make demo
-    cp runs/quickstart/metrics.json docs/results/quickstart-jax.json
+    cp runs/quickstart/metrics.json docs/results/quickstart-tensorflow.json
     python recipes/report.py            # rewrites the generated blocks of README.md and docs/results.md
     python recipes/report.py --check    # exit 1 when a file's blocks differ from what it renders
 

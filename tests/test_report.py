@@ -97,7 +97,7 @@ def test_a_changed_figure_makes_the_check_fail_naming_the_file(tmp_path):
     start = text.index(START.format("backends table"))
     row = text.index("\n| ", text.index("|---", start)) + 1  # the first run's row
     cells = text[row:text.index("\n", row)].split(" | ")
-    cells[3] = "1.23, 0.45 / " + cells[3].split(" / ", 1)[1]  # the paper's method's 1-step figures
+    cells[4] = "1.23, 0.45 / " + cells[4].split(" / ", 1)[1]  # the paper's method's 1-step figures
     results.write_text(text[:row] + " | ".join(cells) + text[text.index("\n", row):])
     result = report("--check", "--readme", readme, "--results", results)
     assert result.returncode == 1

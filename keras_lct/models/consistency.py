@@ -554,6 +554,12 @@ class ConsistencyModel(keras.Model):
         # step compiles its network's calls instead (`_step_network`).
         return False
 
+    def compile_from_config(self, config):
+        # Keras' own skips a model whose `compile` is overridden (a loaded model would have no optimizer).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_compile_config(self):
         # A jit_compile equal to what "auto" gives on this backend is stored as
         # "auto": a model saved under JAX (XLA on) would otherwise load on torch
