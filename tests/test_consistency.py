@@ -330,8 +330,11 @@ def small_unet_model(jit_compile, seed=0):
 
 @pytest.mark.compiled_step
 def test_jit_compile_true_compiles_the_step_with_the_same_losses_and_weights(monkeypatch):
-    # jax and tensorflow: XLA compiles the whole step. torch: the step calls its network through
+    # tensorflow: XLA compiles the whole step. torch: the step calls its network through
     # torch.compile (keras_lct.backend.compiled): the student's forward and backward, the target's forward.
+    if keras.backend.backend() == "jax":
+        pytest.skip("jax's default step is the XLA-compiled one (jit_compile='auto' is True there) that every fit "
+                    "test runs; its eager step, compiled op by op, took 143 s of make test")
     if keras.backend.backend() == "torch":
         import torch
 
