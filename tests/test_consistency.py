@@ -364,15 +364,29 @@ def test_jit_compile_true_compiles_the_step_with_the_same_losses_and_weights(mon
         assert model.network in compiled._CALLERS  # and the step called it through torch.compile
 
 
-def test_jit_compile_takes_the_modes_of_torch_compile():
+def test_jit_compile_takes_the_modes_of_torch_compile(tmp_path):
     model = small_unet_model("reduce-overhead")
     # On torch the mode goes to torch.compile (CUDA graphs on a GPU); elsewhere it means XLA.
     assert model.jit_compile == ("reduce-overhead" if keras.backend.backend() == "torch" else True)
     # Saved as the mode on torch; elsewhere as True ("auto" where XLA is the backend's default).
     saved = model.get_compile_config()["jit_compile"]
     assert saved == "reduce-overhead" if keras.backend.backend() == "torch" else saved in (True, "auto")
+    model.save(tmp_path / "model.keras")
+    assert keras.models.load_model(tmp_path / "model.keras").jit_compile == model.jit_compile
     with pytest.raises(ValueError, match="max-autotune"):
         model.compile(optimizer=RAdam(1e-3), jit_compile="fastest")
+
+
+def test_a_loaded_model_is_compiled_from_its_saved_config(tmp_path):
+    model = small_unet_model(False)
+    model.fit(np.random.default_rng(0).normal(size=(16, 4, 4, 4)).astype("float32"), batch_size=8, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    # Keras' compile_from_config skips a model whose compile is overridden: no optimizer, no state to resume.
+    assert isinstance(loaded.optimizer, RAdam) and int(loaded.optimizer.iterations) == 2
+    for loaded_variable, variable in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(loaded_variable), ops.convert_to_numpy(variable))
+    assert loaded.jit_compile == model.jit_compile
 
 
 @pytest.mark.compiled_step

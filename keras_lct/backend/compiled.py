@@ -70,7 +70,8 @@ def network_caller(network, jit_compile):
             return network(inputs, training=training)
 
         # Shapes are static in a training run; dynamic shapes trip inductor on the strides of
-        # the convolutions' permuted views (fast_paths.conv2d).
+        # the convolutions' permuted views (fast_paths.conv2d), a stride mismatch of the kind of
+        # https://github.com/pytorch/pytorch/issues/159462.
         callers[mode] = torch.compile(call, mode=mode, dynamic=False)
     return callers[mode]
 
