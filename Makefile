@@ -52,7 +52,9 @@ $(DEMO_STAMP): pyproject.toml Makefile
 demo: $(DEMO_STAMP)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV_PYTHON) recipes/quickstart.py --output runs/quickstart
 
-# Each backend's closing lines go out in one write (the .summary file), so the runs' lines do not interleave.
+# Each backend's closing lines go out in one write (the .summary file), so the runs' lines do not interleave:
+# pytest's summary line ("==== 812 passed, 40 deselected in 1167.20s (0:19:27) ====", the last such line of the
+# log, not its last line, which a subprocess's log line can be), or the log's last 80 lines when it failed.
 test: install
 	@mkdir -p $(TEST_LOGS) $(TEST_TMP); rm -f $(TEST_LOGS)/failed; \
 	run_backend() { \
@@ -63,8 +65,9 @@ test: install
 			$(VENV_PYTHON) -m pytest -p no:cacheprovider --basetemp="$(CURDIR)/$(TEST_TMP)/$$backend" \
 			$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --no-loadscope-reorder) \
 			$(PYTEST_ARGS) > $$log 2>&1; \
-		then lines=1; else lines=80; echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
-		{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; tail -n $$lines $$log; } > $$log.summary; \
+		then closing=$$(grep -E '^(=+ )?[0-9]+ [a-z].* in [0-9.]+s( \([0-9:]+\))?( =+)?$$' $$log | tail -n 1); \
+		else closing=$$(tail -n 80 $$log); echo "$$backend" >> $(TEST_LOGS)/failed; fi; \
+		{ echo "=== KERAS_BACKEND=$$backend finished $$(date +%T):"; echo "$${closing:-$$(tail -n 1 $$log)}"; } > $$log.summary; \
 		cat $$log.summary; \
 	}; \
 	for backend in $(BACKENDS); do run_backend $$backend & done; \

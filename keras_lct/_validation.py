@@ -110,3 +110,32 @@ def _range_text(minimum):
 def is_real_dtype(dtype):
     """Whether `dtype` holds real numbers (integers or floats, not bool)."""
     return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+
+
+def check_class_labels(labels, num_classes=None, count=None, what="The labels"):
+    """`labels` as an int32 NumPy array of class indices, or a ValueError that says what is wrong.
+
+    Class labels are integers in [0, num_classes), one per sample: shape
+    `(count,)`. `num_classes=None` checks only that they are >= 0.
+    """
+    array = np.asarray(labels)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        advice = (
+            "Pass integer class indices 0..K-1 (`labels.astype('int32')` if they hold whole numbers)"
+            if np.issubdtype(array.dtype, np.floating)
+            else "Map each class to an integer index 0..K-1 first"
+        )
+        raise ValueError(f"{what} have dtype {array.dtype}; class labels are integers. {advice}.")
+    if array.ndim != 1:
+        raise ValueError(f"{what} have shape {array.shape}; expected one integer per sample, of shape (num_samples,).")
+    if count is not None and len(array) != count:
+        raise ValueError(f"{what} hold {len(array)} labels for {count} samples; give exactly one label per sample.")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{what} hold the negative label {int(array.min())}; class labels are 0..K-1.")
+    if num_classes is not None and array.size and array.max() >= num_classes:
+        raise ValueError(
+            f"{what} hold class {int(array.max())}, out of range for a model of {num_classes} classes "
+            f"(labels 0..{num_classes - 1}). Build the network with num_classes >= {int(array.max()) + 1}, "
+            "or remap the labels."
+        )
+    return array.astype(np.int32)

@@ -1,7 +1,7 @@
 """Callbacks: the N curriculum, the adaptive robustness scale c, sample grids.
 
 `ExpCurriculum` and `AdaptiveC` do not write N or c at every batch (under JAX a
-callback's mid-epoch writes are lost, see `KERAS_NOTES.md`): they set the
+callback's mid-epoch writes are lost, see docs/callbacks.md): they set the
 *schedule* in the model's state once, at the start of `fit`, and the compiled
 training step derives N and c from the model's own step counter. N and c are
 therefore right after `steps_per_execution`, after `BackupAndRestore` resumes
@@ -239,6 +239,11 @@ class SampleGrid(_EveryEpochs):
             (see `keras_lct.data.LatentDecoder`). Without it the samples
             themselves are shown: 1 or 3 channels as they are, others by their
             first 3 channels, each in [-1, 1].
+        labels: the class labels of a class-conditional model's samples (an
+            int, or `num_samples` ints; `ConsistencyModel.sample`); None gives
+            the classes in turn, 0, 1, ..., K - 1, 0, ... (with `num_samples`
+            a multiple of K, every row of a K-column grid is one class).
+            Unconditional models take none.
 
     Example:
     ```python
@@ -246,13 +251,14 @@ class SampleGrid(_EveryEpochs):
     ```
     """
 
-    def __init__(self, directory, every_epochs=1, num_samples=64, seed=0, steps=1, decode=None):
+    def __init__(self, directory, every_epochs=1, num_samples=64, seed=0, steps=1, decode=None, labels=None):
         super().__init__(every_epochs)
         self.directory = directory
         self.num_samples = num_samples
         self.seed = check_seed("seed", seed)
         self.steps = steps
         self.decode = decode
+        self.labels = labels
         self.written = []
 
     def write(self, epoch):
@@ -261,7 +267,7 @@ class SampleGrid(_EveryEpochs):
         paths = []
         for entry in entries:
             levels = {"steps": entry} if isinstance(entry, int) else {"ts": entry}
-            samples = self.model.sample(self.num_samples, seed=self.seed, **levels)
+            samples = self.model.sample(self.num_samples, seed=self.seed, labels=self._labels(), **levels)
             images = self.decode(samples) if self.decode is not None else samples
             count = entry if isinstance(entry, int) else len(entry)
             suffix = "" if isinstance(self.steps, int) else f"_{count}step"
@@ -270,6 +276,11 @@ class SampleGrid(_EveryEpochs):
             paths.append(path)
         self.written.extend(paths)
         return paths
+
+    def _labels(self):
+        if self.labels is not None or not self.model.num_classes:
+            return self.labels
+        return np.arange(self.num_samples) % self.model.num_classes
 
 
 class Checkpoint(_EveryEpochs):

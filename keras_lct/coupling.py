@@ -9,7 +9,8 @@ variance of training (paper section 4.4, fig. 3).
 
 The pairing runs in NumPy with POT (`ot.emd`), outside the compiled training
 step: `keras_lct.data.NoisePairedDataset` applies it to every batch it hands
-to `model.fit`.
+to `model.fit`. For class-labelled data the pairing is within each class
+(`pair_noise(..., labels=...)`).
 
 Reference: paper section 4.4; `docs/reference.md` "Minibatch OT".
 """
@@ -20,6 +21,7 @@ import warnings
 
 import numpy as np
 
+from keras_lct._validation import check_class_labels
 from keras_lct._validation import check_int
 from keras_lct._validation import is_real_dtype
 
@@ -154,8 +156,19 @@ def ot_permutation(x0, noise):
     return _permutation_from_plan(plan)
 
 
-def pair_noise(x0, noise, ot=True, group_size=None):
+def pair_noise(x0, noise, ot=True, group_size=None, labels=None):
     """Reorders a noise batch so that each data sample gets its OT partner.
+
+    With `labels`, noise is paired with data within each class only: the
+    noise rows at the positions of class c's samples are re-assigned among
+    those samples by the exact OT plan between them (per group, when
+    `group_size` is set). Every noise row is still used exactly once, and
+    the rows a class gets are chosen by position, before the data is looked
+    at, so each class's noise is an independent standard normal draw: each
+    class is transported from the noise distribution itself. This differs
+    from the authors' `sample_plan_with_labels`, which solves one plan over
+    the whole batch and lets each label follow its data sample (noise is
+    then paired across classes); see `docs/reference.md` "Minibatch OT".
 
     Args:
         x0: data batch of shape `(n, ...)`.
@@ -165,36 +178,49 @@ def pair_noise(x0, noise, ot=True, group_size=None):
             instead of the whole batch, e.g. the per-device batch under data
             parallelism as in the authors' code (n must be a multiple).
             `None` pairs the whole batch.
+        labels: integer class indices `(n,)` of the data samples, to pair
+            within each class; None pairs regardless of class.
 
     Returns:
-        `noise[perm]` with `perm = ot_permutation(x0, noise)` (per group), or
-        `noise` itself when `ot=False`.
+        `noise[perm]` with `perm = ot_permutation(x0, noise)` (per group and
+        class), or `noise` itself when `ot=False`.
 
     Example:
 
     ```python
     x0 = np.random.normal(size=(64, 2)).astype("float32")
     z = pair_noise(x0, np.random.normal(size=x0.shape).astype("float32"))
+    y = np.random.randint(0, 10, size=64)
+    z_within_classes = pair_noise(x0, np.random.normal(size=x0.shape).astype("float32"), labels=y)
     ```
 
     Reference: paper section 4.4.
     """
     x0, noise = _check_pair(x0, noise)
+    count = len(x0)
+    if labels is not None:
+        labels = check_class_labels(labels, count=count, what="The labels of the batch")
     if not ot:
         return noise
-    count = len(x0)
     if group_size is None or group_size >= count:
-        return noise[ot_permutation(x0, noise)]
-    group_size = check_int("group_size", group_size, minimum=1)
-    if count % group_size:
-        raise ValueError(
-            f"`group_size` ({group_size}) must divide the batch size ({count}); pass the "
-            "per-device batch size, or None to pair the whole batch."
-        )
+        group_size = count
+    else:
+        group_size = check_int("group_size", group_size, minimum=1)
+        if count % group_size:
+            raise ValueError(
+                f"`group_size` ({group_size}) must divide the batch size ({count}); pass the "
+                "per-device batch size, or None to pair the whole batch."
+            )
     paired = np.empty_like(noise)
     for start in range(0, count, group_size):
         group = slice(start, start + group_size)
-        paired[group] = noise[group][ot_permutation(x0[group], noise[group])]
+        if labels is None:
+            parts = [group]
+        else:
+            group_labels = labels[group]
+            parts = [start + np.flatnonzero(group_labels == label) for label in np.unique(group_labels)]
+        for rows in parts:
+            paired[rows] = noise[rows][ot_permutation(x0[rows], noise[rows])]
     return paired
 
 

@@ -1,11 +1,13 @@
 """Saving files atomically, and loading `.keras` files with errors that say what is wrong.
 
-Every file keras-lct writes (models, checkpoints, latent caches, grids, JSON
-reports) goes through `atomic_path`: it is written to a temporary name beside
-its target and renamed into place, so a reader, or a run that was interrupted
-mid-write, finds the old file or the whole new one, never a half-written one.
-`save_model_atomic` and `write_json_atomic` are the two writes made that way
-most often.
+The files keras-lct writes (models, checkpoints, latent cache shards and
+statistics, grids, figures, JSON and text reports) go through `atomic_path`:
+each is written to a temporary name beside its target and renamed into place,
+so a reader, or a run that was interrupted mid-write, finds the old file or the
+whole new one, never a half-written one. `save_model_atomic`, `write_json_atomic`
+and `write_text_atomic` are the writes made that way most often. What does not
+go through it (TensorBoard's appended event files, a latent cache's joined
+array, ...) is listed in docs/architecture.md.
 
 Keras reports a missing file, a truncated archive and a file that is not a
 `.keras` archive alike, as "File not found". `load_model` tells them apart
@@ -87,6 +89,23 @@ def write_json_atomic(path, value):
         with open(temporary, "w") as file:
             json.dump(value, file, indent=2, sort_keys=True)
             file.write("\n")
+
+
+def write_text_atomic(path, text):
+    """Writes the string `text` to `path` (UTF-8), through `atomic_path`.
+
+    Args:
+        path: the text file to write (its folder is created).
+        text: the whole content.
+
+    Example:
+    ```python
+    keras_lct.saving.write_text_atomic("runs/mine/results.md", "| row | FD |\n")
+    ```
+    """
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
 
 
 # The members every Keras 3 `.keras` archive holds.

@@ -106,16 +106,18 @@ from keras_lct.models import UNet  # noqa: E402
 from keras_lct.optimizers import RAdam  # noqa: E402
 from keras_lct.analysis import new_figure  # noqa: E402
 from keras_lct.analysis import save_figure  # noqa: E402
-from keras_lct.saving import atomic_path  # noqa: E402
+from keras_lct.saving import write_text_atomic  # noqa: E402
 from keras_lct.saving import write_json_atomic  # noqa: E402
 
 from common import claim_run_folder  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import features  # noqa: E402
 from common import framed  # noqa: E402
+from common import hold_run_folder  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
 
+hold_run_folder(args.output)  # before anything is written there: refused while another live run writes it
 backend = keras.backend.backend()
 stage = stage_printer(started)  # prints "[  seconds] message"
 
@@ -282,9 +284,7 @@ def summarize():
                 lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {row['seeds']} |")
             lines.append("")
     write_json_atomic(os.path.join(args.output, "results.json"), summary)
-    with atomic_path(os.path.join(args.output, "results.md")) as temporary:
-        with open(temporary, "w") as file:
-            file.write("\n".join(lines))
+    write_text_atomic(os.path.join(args.output, "results.md"), "\n".join(lines))
     for variant in args.variants:
         for table in args.tables:
             plot_curves(variant, table)

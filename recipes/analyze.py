@@ -102,6 +102,9 @@ def main(argv=None):
     from keras_lct.models import UNet
     from keras_lct.saving import write_json_atomic
 
+    from common import hold_run_folder  # recipes/common.py: what only the recipes share
+
+    hold_run_folder(args.output)  # refused while another live run writes there
     print(f"keras-lct {keras_lct.__version__} on {keras.backend.backend()}: fig. 1 at N = {args.num_scales}.")
     if args.latent_cache:
         groups["latent"] = LatentCache(args.latent_cache).training_data()

@@ -1,8 +1,8 @@
 """Train a latent consistency model on a folder of images: images -> latents -> model -> images.
 
-This is the one training entry point behind `celeba.py`, `ffhq.py` and
-`lsun_church.py` (which only set the paper's settings for their data set), and
-it trains on any folder of images of your own:
+This is the one training entry point behind `celeba.py`, `ffhq.py`,
+`lsun_church.py` and `imagenet.py` (which only set their data set's settings),
+and it trains on any folder of images of your own:
 
     KERAS_BACKEND=torch python recipes/latent_training.py --images my_images/ \\
         --vae weights/sd-vae-ft-ema --output runs/mine
@@ -14,7 +14,11 @@ What one command does, and where it writes (all under --output):
    cache (`latents/`; resumable, reused by later runs);
 2. trains the paper's model on the normalized latents with every technique on:
    Cauchy loss, diffusion loss on the low-noise quarter, minibatch OT pairing,
-   the exponential curriculum with adaptive c, the NsLN UNet; RAdam, EMA;
+   the exponential curriculum with adaptive c, the NsLN UNet; RAdam, EMA.
+   `--network` takes any UNet or DiT preset (`--help` lists them); with
+   `--labels` every subfolder of --images is a class (or --tfds keeps its
+   labels), the network is class-conditional and drops `--label-dropout` of
+   the labels to the null class in training, so it samples with and without;
 3. saves `checkpoint.keras` every --checkpoint-every epochs, PNG grids of
    decoded 1-step and 2-step samples in `samples/`, TensorBoard logs in
    `logs/`, and the final `lct.keras`.
@@ -22,8 +26,9 @@ What one command does, and where it writes (all under --output):
 Rerunning the same command continues from the checkpoint (same step, N, c,
 EMA and optimizer state). `--smoke` runs the whole path on generated images, a
 tiny random VAE and the `smoke` UNet (the family's fewest blocks) in under a
-minute on a CPU. `recipes/sample.py` turns the
-final model into images. On jax, the compiled steps are kept in `jax_cache/` of
+minute on a CPU (with `--labels`, on generated images in three classes).
+`recipes/sample.py` turns the final model into images (`--labels` for a
+class-conditional one). On jax, the compiled steps are kept in `jax_cache/` of
 the run (or where `JAX_COMPILATION_CACHE_DIR` says), so a resumed run skips
 compilation (60-80 s for the paper's network on an H100; the smoke run goes from
 ~50 s to ~26 s) and the compiler's memory (a quarter of the peak for the tiny and
@@ -34,17 +39,24 @@ Reference: paper section 5.1; docs/reference.md "Training setup", "Latents".
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
 
 # The paper's settings per data set (docs/reference.md "Training setup"); every one
 # can be overridden on the command line.
+_PAPER = dict(network="celeba256", labels=False, ot=True)
 DATASETS = {
-    "custom": dict(title="your images", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
-    "celeba": dict(title="CelebA-HQ 256", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
-    "ffhq": dict(title="FFHQ 256", resolution=256, batch_size=256, epochs=1400, flip=False, two_step_level=440),
-    "lsun_church": dict(title="LSUN Church 256", resolution=256, batch_size=256, epochs=1800, flip=True, two_step_level=420),
+    "custom": dict(_PAPER, title="your images", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
+    "celeba": dict(_PAPER, title="CelebA-HQ 256", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
+    "ffhq": dict(_PAPER, title="FFHQ 256", resolution=256, batch_size=256, epochs=1400, flip=False, two_step_level=440),
+    "lsun_church": dict(_PAPER, title="LSUN Church 256", resolution=256, batch_size=256, epochs=1800, flip=True,
+                        two_step_level=420),
+    # docs/reference.md "ImageNet": the authors' class-conditional ImageNet script (batch 640, 140 epochs,
+    # 1000 classes, minibatch OT left off) with the DiT-B/2 their DiT runs train.
+    "imagenet": dict(title="ImageNet 256, class-conditional", resolution=256, batch_size=640, epochs=140, flip=False,
+                     two_step_level=440, network="DiT-B/2", labels=True, ot=False),
 }
 WHERE_TO_GET_IMAGES = {
     "custom": "a folder of your own images",
@@ -59,22 +71,33 @@ WHERE_TO_GET_IMAGES = {
         "LSUN church_outdoor train (github.com/fyu/lsun): export the LMDB to image files; flipped "
         "copies are added by default (--no-flip to turn off)"
     ),
+    "imagenet": (
+        "the ImageNet-1k train set (image-net.org) as one subfolder per class, e.g. train/n01440764/*.JPEG "
+        "(the layout of the official ILSVRC2012 train archive once each class's tar is extracted); "
+        "the sorted folder names are the labels 0-999"
+    ),
 }
 WHERE_TO_GET_VAE = (
     "the Stable Diffusion VAE of the paper, stabilityai/sd-vae-ft-ema: download config.json and "
     "diffusion_pytorch_model.safetensors from https://huggingface.co/stabilityai/sd-vae-ft-ema into "
     "a folder and pass --vae FOLDER (an original LDM/SD checkpoint, .safetensors or .ckpt, also works)"
 )
+# The library's network presets (keras_lct.models.NETWORK_PRESETS; tests/test_recipes.py checks that they
+# are the same), named here so that --help answers without importing a framework.
+UNET_PRESETS = ("celeba256", "small", "tiny", "smoke")
+DIT_PRESETS = ("DiT-S/2", "DiT-S/4", "DiT-B/2", "DiT-B/4", "DiT-L/2", "DiT-XL/2", "DiT-smoke")
+NETWORK_PRESETS = UNET_PRESETS + DIT_PRESETS
 # Settings that define a run: a checkpoint trained with others is not resumed.
 RUN_IDENTITY = (
-    "dataset", "resolution", "flip", "batch_size", "loss", "norm", "unet", "dropout", "ot",
+    "dataset", "resolution", "flip", "batch_size", "loss", "norm", "network", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
-    "mixed_precision", "accumulate",
+    "mixed_precision", "accumulate", "labels", "label_dropout",
 )
-# What run.json files written before a setting existed mean by it.
-RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1}
-SMOKE = dict(resolution=128, batch_size=8, epochs=2, unet="smoke", ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
+# What run.json files written before a setting existed mean by it (their "unet" is the network).
+RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1, "labels": False, "label_dropout": 0.1}
+SMOKE = dict(resolution=128, batch_size=8, epochs=2, ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
+SMOKE_NETWORKS = {"unet": "smoke", "dit": "DiT-smoke"}  # the fewest blocks of each family, for --smoke
 
 
 def parse_args(dataset, argv=None):
@@ -89,6 +112,8 @@ def parse_args(dataset, argv=None):
     data.add_argument("--tfds-split", default="train", help="split of the --tfds builder (default: train)")
     data.add_argument("--tfds-data-dir", help="tensorflow-datasets data folder")
     data.add_argument("--tfds-manual-dir", help="folder of manually downloaded files for the --tfds builder")
+    data.add_argument("--tfds-label-key", default="label", help="the --tfds feature holding the class, with --labels "
+                      "(default: %(default)s)")
     data.add_argument("--resolution", type=int, default=defaults["resolution"], help="image side in pixels (default: %(default)s)")
     data.add_argument("--flip", action=argparse.BooleanOptionalAction, default=defaults["flip"],
                       help="add horizontally flipped copies of every image (default: %(default)s)")
@@ -104,13 +129,23 @@ def parse_args(dataset, argv=None):
     training.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size (default: %(default)s)")
     training.add_argument("--loss", default="cauchy", choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2"],
                           help="robust distance (default: %(default)s)")
-    training.add_argument("--norm", default="nsln", choices=["nsln", "group", "instance", "layer", "rms"],
-                          help="normalization of the UNet (default: %(default)s)")
-    training.add_argument("--unet", default="celeba256", choices=["celeba256", "small", "tiny", "smoke"],
-                          help="UNet preset (default: %(default)s, the paper's)")
+    training.add_argument("--network", "--unet", default=defaults["network"], choices=list(NETWORK_PRESETS),
+                          metavar="PRESET",
+                          help=f"the denoiser: a UNet or DiT preset, one of {', '.join(NETWORK_PRESETS)} "
+                               "(default: %(default)s)")
+    training.add_argument("--norm", choices=["nsln", "group", "instance", "layer", "rms"],
+                          help="normalization: the UNet's every norm (default nsln, the paper's); a DiT's "
+                               "'layer' (Meta's DiT, the default) or 'nsln' (qk-norm with NsLN, the authors' master)")
     training.add_argument("--dropout", type=float, default=0.0, help="dropout in the UNet blocks (default: %(default)s)")
-    training.add_argument("--ot", action=argparse.BooleanOptionalAction, default=True,
-                          help="pair noise and data by minibatch OT (default: %(default)s)")
+    training.add_argument("--labels", action=argparse.BooleanOptionalAction, default=defaults["labels"],
+                          help="train class-conditionally: each subfolder of --images is a class (or --tfds-label-key "
+                               "names the label feature) (default: %(default)s)")
+    training.add_argument("--label-dropout", type=float, default=0.1,
+                          help="share of training labels replaced by the null class, so that the model also samples "
+                               "without a label; with --labels (default: %(default)s, DiT's)")
+    training.add_argument("--ot", action=argparse.BooleanOptionalAction, default=defaults["ot"],
+                          help="pair noise and data by minibatch OT, within each class with --labels "
+                               "(default: %(default)s)")
     training.add_argument("--diffusion-fraction", type=float, default=0.25,
                           help="r: lowest-noise fraction of the grid with the diffusion loss, 0 = off (default: %(default)s)")
     training.add_argument("--diffusion-weight", type=float, default=5.0, help="weight of the diffusion loss (default: %(default)s)")
@@ -146,8 +181,10 @@ def parse_args(dataset, argv=None):
     progress.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="fit's verbosity (default: %(default)s)")
     progress.add_argument("--smoke", action="store_true",
                           help="the whole path on generated images and a tiny random VAE, in about a minute")
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(output=f"runs/{dataset}-smoke", **SMOKE)
+    known = parser.parse_known_args(argv)[0]
+    if known.smoke:
+        network = SMOKE_NETWORKS["dit" if known.network in DIT_PRESETS else "unet"]
+        parser.set_defaults(output=f"runs/{dataset}-smoke", network=network, **SMOKE)
     args = parser.parse_args(argv)
     args.dataset = dataset
     if not args.smoke and not (args.images or args.tfds):
@@ -157,6 +194,14 @@ def parse_args(dataset, argv=None):
         parser.error(f"no autoencoder weights. Pass --vae with {WHERE_TO_GET_VAE}.")
     if args.images and args.tfds:
         parser.error("pass either --images or --tfds, not both.")
+    if not 0 <= args.label_dropout < 1:
+        parser.error(f"--label-dropout must be in [0, 1); received {args.label_dropout}.")
+    if args.network in DIT_PRESETS:
+        if args.norm not in (None, "layer", "nsln"):
+            parser.error(f"a DiT takes --norm layer or nsln; received {args.norm}.")
+        if args.dropout:
+            parser.error("--dropout applies to the UNet's blocks; a DiT has none.")
+    args.norm = args.norm or ("layer" if args.network in DIT_PRESETS else "nsln")
     if args.accumulate < 1 or args.batch_size % args.accumulate:
         parser.error(f"--accumulate {args.accumulate} must be >= 1 and divide --batch-size {args.batch_size}.")
     return args
@@ -175,10 +220,11 @@ def main(dataset="custom", argv=None):
     from keras_lct import saving
     from keras_lct import schedules
     from keras_lct.models import ConsistencyModel
-    from keras_lct.models import UNet
+    from keras_lct.models import network_from_preset
     from keras_lct.optimizers import RAdam
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
+    from common import hold_run_folder  # recipes/common.py: what only the recipes share
 
     # ## 0. Devices and precision.
     compilation_cache = backend.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
@@ -193,6 +239,8 @@ def main(dataset="custom", argv=None):
     if run is not None:
         run.per_replica_batch_size(micro_batch_size)  # an error now, not in the first step
     os.makedirs(args.output, exist_ok=True)
+    if chief:
+        hold_run_folder(args.output)  # before anything is written there: refused while another live run writes it
     keras.utils.set_random_seed(args.seed)
 
     # ## 1. Images and the autoencoder.
@@ -206,9 +254,10 @@ def main(dataset="custom", argv=None):
     vae = load_autoencoder(args.vae, preset=args.vae_preset)
     if args.tfds:
         images = data.TFDSImages(args.tfds, args.resolution, split=args.tfds_split, data_dir=args.tfds_data_dir,
-                                 manual_dir=args.tfds_manual_dir, flip=args.flip)
+                                 manual_dir=args.tfds_manual_dir, flip=args.flip,
+                                 label_key=args.tfds_label_key if args.labels else None)
     else:
-        images = data.ImageFolder(args.images, args.resolution, flip=args.flip)
+        images = data.ImageFolder(args.images, args.resolution, flip=args.flip, labels=args.labels)
 
     # ## 2. Latents: encoded once (by the chief), memory-mapped, normalized per element.
     cache_folder = args.cache or os.path.join(args.output, "latents")
@@ -226,6 +275,7 @@ def main(dataset="custom", argv=None):
         raise SystemExit(f"error: {len(cache)} latents make no full batch of {args.batch_size}; lower --batch-size.")
     batches = data.NoisePairedDataset(
         cache.training_data(), batch_size=micro_batch_size, ot=args.ot, seed=args.seed,
+        labels=cache.labels if args.labels else None,
         batches_per_epoch=updates_per_epoch * args.accumulate, shard=run.shard if run is not None else None,
         ot_group_size=run.per_replica_batch_size(micro_batch_size) if run is not None and run.num_replicas > 1 else None,
     )
@@ -242,9 +292,15 @@ def main(dataset="custom", argv=None):
             say(f"Resuming {checkpoint} at step {step_of(model)} of {total_steps}.")
         else:
             latent_shape = cache.latents.shape[1:]
-            unet = UNet.from_preset(args.unet, img_resolution=latent_shape[0], in_channels=latent_shape[-1],
-                                    out_channels=latent_shape[-1], norm=args.norm, dropout=args.dropout)
-            model = ConsistencyModel(unet, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
+            options = dict(norm=args.norm)
+            if args.labels:
+                options.update(num_classes=cache.num_classes, label_dropout=args.label_dropout)
+            if args.dropout:
+                options["dropout"] = args.dropout
+            network = network_from_preset(args.network, latent_shape, **options)
+            say(f"Network {args.network}: {network.count_params():,} parameters"
+                f"{f', {cache.num_classes} classes' if args.labels else ''}.")
+            model = ConsistencyModel(network, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
                                      diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
                                      seed=args.seed, latent_normalization=cache.normalization(),
                                      two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
@@ -314,9 +370,13 @@ def check_run_folder(args, total_steps, cache_info):
     settings = {name: getattr(args, name) for name in RUN_IDENTITY}
     settings.update(total_steps=total_steps, vae_fingerprint=cache_info["autoencoder_fingerprint"],
                     images={key: value for key, value in cache_info["source"].items() if key != "path"})
-    claim_run_folder(os.path.join(args.output, "run.json"), settings, "another run",
-                     "Its checkpoint is not resumed and nothing in it is overwritten: pass another --output, "
-                     "or delete the folder to start over.", defaults=RUN_IDENTITY_DEFAULTS)
+    path = os.path.join(args.output, "run.json")
+    defaults = dict(RUN_IDENTITY_DEFAULTS)
+    if os.path.exists(path):
+        with open(path) as file:
+            defaults["network"] = json.load(file).get("unet")  # run.json files from before --network
+    claim_run_folder(path, settings, "another run", "Its checkpoint is not resumed and nothing in it is overwritten: "
+                     "pass another --output, or delete the folder to start over.", defaults=defaults)
 
 
 def tensorboard(log_dir):
@@ -338,24 +398,30 @@ def write_smoke_inputs(folder, args, autoencoder_class):
     import numpy as np
     from PIL import Image
 
-    image_folder, vae_path = os.path.join(folder, "images"), os.path.join(folder, "vae.keras")
+    image_folder = os.path.join(folder, "labelled_images" if args.labels else "images")
+    vae_path = os.path.join(folder, "vae.keras")
     if not os.path.isdir(image_folder):
-        os.makedirs(image_folder)
         rng = np.random.default_rng(args.seed)
         size = args.resolution
         rows, columns = np.mgrid[0:size, 0:size] / size
+        # With --labels, three classes told apart by their shape's size: small, medium and large discs.
+        classes = ("small", "medium", "large") if args.labels else ("",)
+        for name in classes:
+            os.makedirs(os.path.join(image_folder, name))
         for index in range(40):
+            label = index % len(classes)
             colors = rng.uniform(0, 255, size=(3, 3))
             background = colors[0] * rows[..., None] + colors[1] * (1 - rows[..., None])
-            center, radius = rng.uniform(0.25, 0.75, 2), rng.uniform(0.1, 0.3)
+            center, radius = rng.uniform(0.25, 0.75, 2), rng.uniform(0.1, 0.3) if not args.labels else 0.1 * (label + 1)
             disc = ((rows - center[0]) ** 2 + (columns - center[1]) ** 2) < radius**2
             pixels = np.where(disc[..., None], colors[2], background).astype(np.uint8)
-            Image.fromarray(pixels).save(os.path.join(image_folder, f"shape_{index:03d}.png"))
-        Image.fromarray(pixels[..., 0]).save(os.path.join(image_folder, "grayscale.png"))
+            Image.fromarray(pixels).save(os.path.join(image_folder, classes[label], f"shape_{index:03d}.png"))
+        awkward = os.path.join(image_folder, classes[0])
+        Image.fromarray(pixels[..., 0]).save(os.path.join(awkward, "grayscale.png"))
         Image.fromarray(np.dstack([pixels, np.full((size, size), 128, np.uint8)])).save(
-            os.path.join(image_folder, "transparent.png"))
-        Image.fromarray(np.tile(pixels, (1, 2, 1))).save(os.path.join(image_folder, "wide.jpg"))
-        with open(os.path.join(image_folder, "broken.png"), "wb") as file:
+            os.path.join(awkward, "transparent.png"))
+        Image.fromarray(np.tile(pixels, (1, 2, 1))).save(os.path.join(awkward, "wide.jpg"))
+        with open(os.path.join(awkward, "broken.png"), "wb") as file:
             file.write(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
     if not os.path.exists(vae_path):
         from keras_lct.saving import save_model_atomic

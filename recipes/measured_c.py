@@ -60,6 +60,9 @@ def main(argv=None):
     from keras_lct import analysis
     from keras_lct.saving import write_json_atomic
 
+    from common import hold_run_folder  # recipes/common.py: what only the recipes share
+
+    hold_run_folder(args.output)  # refused while another live run writes there
     total_steps = CURRICULUM_STAGES * args.steps_per_stage
     print(f"keras-lct {keras_lct.__version__} on {keras.backend.backend()}: {total_steps} steps "
           f"({args.steps_per_stage} a stage) of {args.batch_size} Gaussian samples.")

@@ -18,17 +18,22 @@ pixels that ship with the package; nothing is downloaded):
    (held-out real digits) and the ceiling (an untrained model); the scores are the mean and
    standard deviation over the seeds, and the run says which method won and whether by more
    than the seeds' spread (a single seed's difference here is noise);
-6. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
+6. one more model, class-conditional (the paper's method, the digit as its label, 10% of the labels
+   dropped in training), samples each digit on request at 1 step: its conditional accuracy is the
+   share of samples the digits classifier assigns to the requested digit;
+7. fig. 1's box-and-whisker statistics of the digit pixels against their latents.
 
     KERAS_BACKEND=tensorflow python recipes/quickstart.py            # or jax / torch (slower here)
     KERAS_BACKEND=tensorflow python recipes/quickstart.py --fast     # a 2-minute smoke run (2 seeds)
     KERAS_BACKEND=tensorflow python recipes/quickstart.py --seeds 1  # one seed, about 4 minutes
 
 Everything goes to --output (default runs/quickstart): samples.png (real digits | 1-step |
-2-step samples of the first seed's model), training.png (the first seed's curves), metrics.json
+2-step samples of the first seed's model), conditional_samples.png (the class-conditional model at 1
+step, one row per digit 0-9), training.png (the first seed's curves), metrics.json
 (means, standard deviations and each seed's scores, the verdict, the run's date, commit and
 versions; recipes/report.py renders the docs' tables from it), model.keras (sample from it later with
-recipes/sample.py --vae OUTPUT/autoencoder.keras; the first seed's), ilct.keras, autoencoder.keras, features.keras
+recipes/sample.py --vae OUTPUT/autoencoder.keras; the first seed's), ilct.keras, conditional.keras (sample a
+digit with recipes/sample.py --labels), autoencoder.keras, features.keras
 (the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
 and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
 ablations (table 2) on this output.
@@ -65,6 +70,7 @@ def parse_args(argv=None):
                         help="pair noise and data by minibatch OT in the paper's method (paper 4.4; off: on these "
                              "latents it measured harmful, docs/results.md)")
     parser.add_argument("--no-ilct", action="store_true", help="skip the iLCT comparison model")
+    parser.add_argument("--no-conditional", action="store_true", help="skip the class-conditional model")
     parser.add_argument("--fast", action="store_true", help="a smoke run: few steps and epochs, 2 seeds at most (the results are not digits)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the autoencoder and the first "
                         "consistency models (default: %(default)s)")
@@ -110,6 +116,7 @@ from keras_lct.vae import AutoencoderTrainer  # noqa: E402
 
 from common import features  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import framed  # noqa: E402
+from common import hold_run_folder  # noqa: E402
 from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
@@ -118,6 +125,7 @@ from report import one_step_verdict  # noqa: E402  (recipes/report.py renders th
 from report import seed_summary  # noqa: E402
 
 os.makedirs(args.output, exist_ok=True)
+hold_run_folder(args.output)  # before anything is written there: refused while another live run writes it
 backend = keras.backend.backend()
 print(f"keras-lct {keras_lct.__version__} quickstart on {backend}; writing to {args.output}/")
 stage = stage_printer(started)  # prints "[  seconds] message"
@@ -179,11 +187,16 @@ METHODS = {
 }
 
 
-def consistency_model(norm, loss, diffusion_fraction, seed):
+NUM_DIGITS = 10
+LABEL_DROPOUT = 0.1  # the conditional model also samples without a label (the null class), as DiT's training
+
+
+def consistency_model(norm, loss, diffusion_fraction, seed, num_classes=0):
     # One attention head in the middle block, over its 2 x model_channels.
     network = UNet(
         img_resolution=latents.shape[1], in_channels=4, out_channels=4, model_channels=args.model_channels,
         channel_mult=(1, 2), num_blocks=1, attn_resolutions=(), channels_per_head=2 * args.model_channels, norm=norm,
+        num_classes=num_classes, label_dropout=LABEL_DROPOUT if num_classes else 0.0,
     )
     # A short run needs a fast EMA (the paper's 0.99993 averages over ~14k steps).
     model = ConsistencyModel(network, loss=loss, diffusion_fraction=diffusion_fraction, ema_decays=(args.ema_decay,),
@@ -193,10 +206,14 @@ def consistency_model(norm, loss, diffusion_fraction, seed):
     return model
 
 
-def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c):
-    """A model of `name`'s settings trained from `seed`, its history and its 1- and 2-step samples, decoded."""
-    model = consistency_model(norm, loss, diffusion_fraction, seed)
-    batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=seed)
+def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c, conditional=False):
+    """A model of `name`'s settings trained from `seed`, its history and its 1- and 2-step samples, decoded.
+
+    A `conditional` model learns the digits' labels; its samples are drawn for labels 0-9 in turn.
+    """
+    model = consistency_model(norm, loss, diffusion_fraction, seed, num_classes=NUM_DIGITS if conditional else 0)
+    batches = NoisePairedDataset(latents, batch_size=args.batch_size, ot=ot, seed=seed,
+                                 labels=train_labels if conditional else None)
     epochs = -(-args.steps // len(batches))
     callbacks = [ExpCurriculum(s1=args.curriculum_s1)]  # N's curriculum over the whole fit: epochs x len(batches) steps
     if adaptive_c:
@@ -211,7 +228,8 @@ def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c):
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks + [progress])
     history = {key: [float(value) for value in values] for key, values in history.history.items()}
     # Every model samples from the same noise (seed 10_000), so the grids of two seeds compare digit by digit.
-    samples = {f"{steps_name}_step": decode(model.sample(NUM_HOLDOUT, steps=steps, seed=10_000))
+    labels = np.arange(NUM_HOLDOUT) % NUM_DIGITS if conditional else None
+    samples = {f"{steps_name}_step": decode(model.sample(NUM_HOLDOUT, steps=steps, seed=10_000, labels=labels))
                for steps, steps_name in ((1, "one"), (2, "two"))}  # 2 steps: at 80, then TWO_STEP_LEVEL
     return model, history, samples, len(batches)
 
@@ -229,6 +247,27 @@ for seed in seeds:
             save_model_atomic(model, os.path.join(args.output, "model.keras" if name != "iLCT" else "ilct.keras"))
             first_seed[name] = history, samples
 
+# ## A class-conditional model: the paper's method told which digit to draw.
+# It trains on (latent, label) pairs, a tenth of the labels dropped, and samples 50 of each digit.
+# Its conditional accuracy is the share of samples the digits classifier calls the requested digit.
+if not args.no_conditional:
+    conditional_model, _, conditional_samples, _ = train(
+        "the class-conditional model", args.seed, conditional=True, **METHODS["the paper's method"])
+    requested = np.arange(NUM_HOLDOUT) % NUM_DIGITS
+    conditional = {
+        key: dict(scores(embed, reference, images),
+                  accuracy=float(np.mean(np.argmax(classifier.predict(images, verbose=0), axis=-1) == requested)))
+        for key, images in conditional_samples.items()
+    }
+    stage(f"  the class-conditional model: 1-step accuracy {100 * conditional['one_step']['accuracy']:.1f}%, "
+          f"Frechet distance {conditional['one_step']['frechet_distance']:.2f}")
+    save_model_atomic(conditional_model, os.path.join(args.output, "conditional.keras"))
+    # One row per digit, 0 to 9, at 1 step: tiles[j, d] is the j-th sample of digit d.
+    tiles = framed(conditional_samples["one_step"][: NUM_DIGITS**2]).reshape(
+        NUM_DIGITS, NUM_DIGITS, IMAGE_SIZE + 2, IMAGE_SIZE + 2, 1)
+    save_enlarged_grid(tiles.transpose(1, 2, 0, 3, 4).reshape(NUM_DIGITS * (IMAGE_SIZE + 2), -1, 1)[None],
+                       os.path.join(args.output, "conditional_samples.png"))
+
 # ## The scores over the seeds: mean and standard deviation, and which method won.
 results = {"seeds": seeds, **seed_summary(per_seed["the paper's method"])}
 if not args.no_ilct:
@@ -236,6 +275,8 @@ if not args.no_ilct:
     results["verdict"] = one_step_verdict(results, results["ilct"], len(seeds))
 results["per_seed"] = {"the_papers_method": per_seed["the paper's method"], "ilct": per_seed.get("iLCT", [])}
 results["real_holdout"] = scores(embed, reference, holdout_pixels)
+if not args.no_conditional:
+    results["conditional"] = dict(conditional, seed=args.seed, label_dropout=LABEL_DROPOUT)
 untrained = consistency_model("nsln", "cauchy", 0.25, args.seed + 1)
 results["untrained"] = scores(embed, reference, decode(untrained.sample(NUM_HOLDOUT, steps=1, seed=10_000, ema=False)))
 
@@ -301,7 +342,8 @@ results.update(
 write_json_atomic(os.path.join(args.output, "metrics.json"), results)
 
 # ## Where everything went, and who won.
-print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_holdout", "untrained")}, indent=1))
+print(json.dumps({key: results[key] for key in ("one_step", "two_step", "real_holdout", "untrained", "conditional")
+                  if key in results}, indent=1))
 if not args.no_ilct:
     print("iLCT:", json.dumps(results["ilct"]))
     print(results["verdict"]["sentence"])
@@ -309,4 +351,7 @@ written = ["samples.png (held-out real | 1-step | 2-step)", "training.png", "met
            "autoencoder.keras", "features.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
 if not args.no_ilct:
     written.insert(4, "ilct.keras")
+if not args.no_conditional:
+    written[1:1] = ["conditional_samples.png (one row per digit, 1 step)"]
+    written.insert(written.index("model.keras") + 1, "conditional.keras")
 stage(f"done. In {args.output}/: " + ", ".join(written))

@@ -24,7 +24,8 @@ It renders two blocks, each between HTML comment markers that it finds in the fi
 The quickstart imports `seed_summary` and `one_step_verdict` from here, so the verdict it prints
 is the one the pages show.
 
-Plain Python and json: it imports neither Keras nor a backend, so it runs at once.
+Plain Python and json: rendering and `--check` import neither Keras nor a backend, so they run at
+once; rewriting a page imports keras-lct (and so Keras) for `keras_lct.saving.write_text_atomic`.
 """
 
 import argparse
@@ -329,18 +330,6 @@ def rendered_pages(runs, readme, results):
     return pages
 
 
-def write_atomic(path, text):
-    """Writes `text` to a temporary file beside `path`, then renames it over `path` (keras_lct.saving imports Keras)."""
-    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 # ## Run: render, then check or write.
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -364,7 +353,9 @@ def main(argv=None):
         return 1 if stale else 0
     for path, (text, new) in pages.items():
         if text != new:
-            write_atomic(path, new)
+            from keras_lct.saving import write_text_atomic  # here: rendering and --check need no Keras
+
+            write_text_atomic(path, new)
         print(f"{shown(path)}: {'updated' if text != new else 'up to date'} from {', '.join(map(shown, files))}")
     return 0
 

@@ -9,6 +9,13 @@ folder, an LDM/SD checkpoint, or a `.keras` autoencoder), and a different one is
 PNG grid (`--out`), one PNG per image (`--out-dir`), or both. Works on any backend, whatever backend the
 model was trained on; with the same --seed the samples are the same on every backend.
 
+A class-conditional model (trained with --labels, e.g. by recipes/imagenet.py) samples the classes
+given by `--labels` (repeated in turn to --num images; `--labels all` cycles through every class), or
+without labels (the null class) when it was trained with label dropout:
+
+    KERAS_BACKEND=jax python recipes/sample.py --model runs/imagenet/lct.keras --vae sd-vae-ft-ema/ \
+        --labels 207 360 387 --num 12 --out dogs_otters_pandas.png
+
 Reference: paper table 1 (1 and 2 NFE); docs/reference.md "Sampling".
 """
 
@@ -27,11 +34,19 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per network call (default: %(default)s)")
     parser.add_argument("--online", action="store_true", help="sample with the online weights instead of the EMA")
+    parser.add_argument("--labels", nargs="+", metavar="CLASS",
+                        help="class-conditional models: the class of each image, repeated in turn to --num images, "
+                             "or 'all' for every class in turn (default: no label, the null class)")
     parser.add_argument("--out", help="PNG grid to write (default: samples.png unless --out-dir is given)")
     parser.add_argument("--out-dir", help="folder to write one PNG per image into (with or without a grid)")
     args = parser.parse_args(argv)
     if args.out is None and args.out_dir is None:
         args.out = "samples.png"
+    if args.labels and args.labels != ["all"]:
+        try:
+            args.labels = [int(label) for label in args.labels]
+        except ValueError:
+            parser.error(f"--labels takes class indices (integers) or 'all'; received {' '.join(args.labels)}.")
     return args
 
 
@@ -51,12 +66,23 @@ def main(argv=None):
     from keras_lct.vae import load_autoencoder
 
     model = keras_lct.saving.load_model(args.model, compile=False)
+    labels = None
+    if args.labels:
+        if not model.num_classes:
+            raise SystemExit(f"error: {args.model} is an unconditional model; it samples without --labels.")
+        classes = range(model.num_classes) if args.labels == ["all"] else args.labels
+        labels = [classes[index % len(classes)] for index in range(args.num)]
+    try:
+        model.sampling_labels(args.num, labels)  # refused here, before the VAE loads
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     decode = LatentDecoder(model.latent_normalization, load_autoencoder(args.vae, preset=args.vae_preset),
                            batch_size=args.batch_size)
     how = f"levels {args.ts}" if args.ts else f"{args.steps} step(s)"
-    print(f"Sampling {args.num} images from {args.model} with {how} on {keras.backend.backend()}.")
+    which = f" of classes {sorted(set(labels))}" if labels else " without labels" if model.num_classes else ""
+    print(f"Sampling {args.num} images{which} from {args.model} with {how} on {keras.backend.backend()}.")
     samples = model.sample(args.num, steps=args.steps, ts=args.ts, seed=args.seed, batch_size=args.batch_size,
-                           ema=not args.online, verbose=1)
+                           ema=not args.online, verbose=1, labels=labels)
     images = decode(samples)
     if args.out_dir:
         for index, image in enumerate(images_to_uint8(images)):

@@ -52,6 +52,10 @@ from keras_lct.saving import write_json_atomic  # noqa: E402
 from keras_lct.analysis import new_figure  # noqa: E402
 from keras_lct.analysis import save_figure  # noqa: E402
 
+from common import hold_run_folder  # noqa: E402  (recipes/common.py: what only the recipes share)
+
+hold_run_folder(args.output)  # refused while another live run writes there
+
 # ## The data: 8 Gaussians on a ring of radius 1, scaled to sigma_data = 0.5.
 rng = np.random.default_rng(args.seed)
 angles = 2 * np.pi * np.arange(8) / 8

@@ -1,4 +1,6 @@
-"""The cost of a data-noise pairing, and its optimum by the Hungarian algorithm."""
+"""The cost of a data-noise pairing, and its optimum by the Hungarian algorithm or by trying every permutation."""
+
+import itertools
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -17,3 +19,9 @@ def optimal_pairing_cost(x0, noise):
     cost = ((flat_x0[:, None] - flat_noise[None]) ** 2).sum(-1)
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].sum())
+
+
+def brute_force_permutation(x0, noise):
+    """The `perm` of least `pairing_cost(x0, noise[perm])`, found by trying them all (a few rows only)."""
+    orders = itertools.permutations(range(len(x0)))
+    return np.asarray(min(orders, key=lambda order: pairing_cost(x0, noise[list(order)])))

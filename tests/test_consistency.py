@@ -32,9 +32,9 @@ def distance_to_modes(samples):
     return float(np.mean(np.min(np.linalg.norm(samples[:, None, :] - MODES[None], axis=-1), axis=1)))
 
 
-def toy_model(**kwargs):
+def toy_model(network=None, **kwargs):
     kwargs.setdefault("ema_decays", (0.99,))
-    model = ConsistencyModel(MLPDenoiser(2, width=64), **kwargs)
+    model = ConsistencyModel(network or MLPDenoiser(2, width=64), **kwargs)
     model.build((None, 2))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     return model
@@ -49,13 +49,28 @@ class LogRecorder(keras.callbacks.Callback):
         self.batches.append({key: float(value) for key, value in logs.items()})
 
 
+def labelled_mixture(count, seed=0):
+    """`mixture`'s samples with their mode as the class label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(MODES), count).astype("int32")
+    return (MODES[labels] + 0.03 * rng.standard_normal((count, 2))).astype("float32"), labels
+
+
+def conditional_toy_model(label_dropout=0.1, **kwargs):
+    """`toy_model` around a class-conditional MLP: one class per mode of `MODES`."""
+    return toy_model(network=MLPDenoiser(2, width=64, num_classes=len(MODES), label_dropout=label_dropout), **kwargs)
+
+
 @pytest.mark.compiled_step
-def test_fit_learns_a_known_distribution():
-    model = toy_model()
+def test_fit_learns_a_known_distribution_with_and_without_labels():
+    """One class-conditional model, trained with label dropout, samples each mode by its label and all without."""
+    model = conditional_toy_model()
     untrained = distance_to_modes(model.sample(512, seed=0, ema=False))
     steps = 800
+    x0, labels = labelled_mixture(4096)
     model.fit(
-        mixture(4096),
+        x0,
+        labels,
         batch_size=128,
         epochs=steps // 32,
         verbose=0,
@@ -66,6 +81,9 @@ def test_fit_learns_a_known_distribution():
     assert untrained > 0.55, untrained
     assert one_step < 0.3, (untrained, one_step)
     assert two_step < 0.3, (untrained, two_step)
+    for label, mode in enumerate(MODES):
+        samples = model.sample(128, seed=label, labels=label)
+        assert float(np.mean(np.linalg.norm(samples - mode, axis=-1))) < 0.3, (label, samples.mean(axis=0))
 
 
 def numpy_objective(model, clean, noise, index, num_scales, c, distance):
@@ -151,8 +169,10 @@ def expected_schedule(step, total_steps, constants="paper"):
 
 def fit_and_record(model, steps, total_steps, constants="paper", **fit_kwargs):
     recorder = LogRecorder()
+    x0, labels = labelled_mixture(16 * steps)
     model.fit(
-        mixture(16 * steps, seed=len(recorder.batches)),
+        x0,
+        labels if model.num_classes else None,
         batch_size=16,
         epochs=1,
         shuffle=False,
@@ -299,11 +319,11 @@ os.environ["KERAS_BACKEND"] = "jax"
 sys.path.insert(0, {tests!r})
 import numpy as np
 import keras
-from test_consistency import toy_model, fit_and_record
-model = toy_model()
+from test_consistency import conditional_toy_model, fit_and_record
+model = conditional_toy_model()
 fit_and_record(model, 20, 70)
 model.save({path!r})
-np.save({samples!r}, np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5)]))
+np.save({samples!r}, np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5, labels=np.arange(16) % 4)]))
 """
 
 
@@ -404,7 +424,7 @@ def test_keras_file_saved_on_jax_gives_the_same_samples_here(tmp_path):
     assert int(model.training_step) == 20
     if keras.backend.backend() == "torch":
         assert model.jit_compile is False  # XLA's "on" from JAX must not turn on torch.compile
-    here = np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5)])
+    here = np.concatenate([model.sample(16, seed=5), model.sample(16, steps=2, seed=5, labels=np.arange(16) % 4)])
     np.testing.assert_allclose(here, np.load(samples), rtol=1e-4, atol=1e-5)
 
 

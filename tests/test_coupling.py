@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from ot_costs import brute_force_permutation
 from ot_costs import optimal_pairing_cost
 from ot_costs import pairing_cost
 
@@ -75,6 +76,52 @@ def test_ot_off_and_grouped_pairing():
         assert pairing_cost(x0[group], grouped[group]) == pytest.approx(expected, rel=1e-6)
     with pytest.raises(ValueError, match="must divide"):
         coupling.pair_noise(x0, noise, group_size=3)
+
+
+def noise_rows_used(paired, noise):
+    """For each row of `paired`, the index of the (unique) noise row it is."""
+    matches = (paired[:, None] == noise[None]).all(axis=-1)
+    assert (matches.sum(axis=1) == 1).all()
+    return np.argmax(matches, axis=1)
+
+
+@pytest.mark.parametrize("group_size", [None, 6])
+def test_labelled_pairing_is_the_optimal_permutation_within_each_class(group_size):
+    rng = np.random.default_rng(10)
+    labels = np.array([2, 0, 2, 1, 0, 2, 7, 0, 2, 1, 2, 0])
+    # Classes far apart: pairing across classes would be cheaper, so a pairing that ignores labels fails.
+    x0 = rng.normal(size=(12, 3)) + 2.0 * labels[:, None]
+    noise = rng.normal(size=(12, 3))
+    paired = coupling.pair_noise(x0, noise, group_size=group_size, labels=labels)
+    used = noise_rows_used(paired, noise)
+    np.testing.assert_array_equal(np.sort(used), np.arange(12))  # every noise row once
+    for group in (np.arange(12),) if group_size is None else (np.arange(6), np.arange(6, 12)):
+        for label in np.unique(labels[group]):
+            rows = group[labels[group] == label]
+            # The class gets the noise rows at its own positions, in the order of least cost.
+            best = brute_force_permutation(x0[rows], noise[rows])
+            np.testing.assert_array_equal(used[rows], rows[best])
+    assert pairing_cost(x0, paired) > optimal_pairing_cost(x0, noise) * 1.01
+    np.testing.assert_array_equal(coupling.pair_noise(x0, noise, ot=False, labels=labels), noise)
+
+
+def test_a_class_of_one_keeps_its_noise_row():
+    x0 = np.array([[0.0], [1.0], [5.0]])
+    noise = np.array([[5.0], [1.0], [0.0]])
+    paired = coupling.pair_noise(x0, noise, labels=[0, 1, 1])
+    np.testing.assert_array_equal(paired, [[5.0], [0.0], [1.0]])  # class 1 swaps; class 0 keeps row 0
+
+
+def test_bad_labels_are_refused():
+    x0, noise = np.zeros((4, 2)), np.ones((4, 2))
+    with pytest.raises(ValueError, match="dtype float64; class labels are integers.*astype"):
+        coupling.pair_noise(x0, noise, labels=np.array([0.0, 1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="3 labels for 4 samples"):
+        coupling.pair_noise(x0, noise, labels=[0, 1, 0])
+    with pytest.raises(ValueError, match="negative label -1"):
+        coupling.pair_noise(x0, noise, labels=[0, -1, 0, 1])
+    with pytest.raises(ValueError, match="shape \\(4, 1\\).*\\(num_samples,\\)"):
+        coupling.pair_noise(x0, noise, labels=[[0], [1], [0], [1]])
 
 
 def test_bad_batches_are_refused():

@@ -155,3 +155,67 @@ def test_tfds_without_prepared_data_says_what_to_do(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(ValueError, match="(?s)offline.*manual_dir"):
         data.TFDSImages("celeb_a_hq/256", 16, data_dir=str(tmp_path), manual_dir=str(tmp_path / "manual"))
+
+
+def write_class_folders(folder, counts):
+    """`folder/<class>/...` with `counts[class]` images each, the later ones in a nested folder."""
+    for seed, (name, count) in enumerate(counts.items()):
+        for index in range(count):
+            path = os.path.join(folder, name, *(["nested"] if index % 2 else []), f"{index}.png")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(rgb(16, 16, seed=10 * seed + index)).save(path)
+
+
+def test_a_labelled_folder_reads_one_class_per_subfolder(tmp_path):
+    write_class_folders(tmp_path, {"dog": 3, "cat": 2, "ant": 1})
+    os.makedirs(tmp_path / ".hidden")
+    Image.fromarray(rgb(16, 16)).save(tmp_path / ".hidden" / "skip.png")
+    (tmp_path / "README.txt").write_text("other files beside the class folders are ignored")
+    images = data.ImageFolder(tmp_path, 16, flip=True, labels=True)
+    assert images.class_names == ["ant", "cat", "dog"]
+    items = list(images.iter_images())
+    # Each item's label is the index of its path's first folder among the sorted class names.
+    expected = [["ant", "cat", "dog"].index(name.split(os.sep)[0]) for name in images.files] * 2
+    assert [item.label for item in items] == expected and sorted(set(expected)) == [0, 1, 2]
+    assert expected.count(2) == 6  # dog's 3 images, nested ones included, and their flipped copies
+    assert images.describe()["class_names"] == ["ant", "cat", "dog"]
+    unlabelled = data.ImageFolder(tmp_path, 16)
+    assert unlabelled.class_names is None and "class_names" not in unlabelled.describe()
+    assert all(item.label is None for item in unlabelled.iter_images())
+    # The same files read with or without labels describe different sources.
+    assert unlabelled.describe() != data.ImageFolder(tmp_path, 16, labels=True).describe()
+
+
+def test_a_folder_that_is_no_labelled_layout_is_refused(tmp_path):
+    write_class_folders(tmp_path / "loose", {"cat": 2, "dog": 2})
+    Image.fromarray(rgb(16, 16)).save(tmp_path / "loose" / "stray.png")
+    with pytest.raises(ValueError, match="(?s)1 image\\(s\\) directly in it.*'stray.png'.*<class name>.*labels=False"):
+        data.ImageFolder(tmp_path / "loose", 16, labels=True)
+    assert len(data.ImageFolder(tmp_path / "loose", 16)) == 5  # fine without labels
+    write_class_folders(tmp_path / "single", {"cat": 3})
+    with pytest.raises(ValueError, match="(?s)single class folder, 'cat'.*nothing to condition on.*at least 2 classes"):
+        data.ImageFolder(tmp_path / "single", 16, labels=True)
+    write_class_folders(tmp_path / "empty_class", {"cat": 2, "dog": 2})
+    os.makedirs(tmp_path / "empty_class" / "emu")
+    (tmp_path / "empty_class" / "emu" / "notes.txt").write_text("no images")
+    with pytest.raises(ValueError, match="class folder\\(s\\) \\['emu'\\].*hold no images"):
+        data.ImageFolder(tmp_path / "empty_class", 16, labels=True)
+
+
+def test_tfds_labels_and_class_names():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=6):
+        digits = data.TFDSImages("mnist", 16, flip=True, label_key="label")
+        items = list(digits.iter_images())
+        read_directly = [int(example["label"]) for example in tfds.load("mnist", split="train").as_numpy_iterator()]
+        with pytest.raises(ValueError, match="no feature 'digit' to read labels from.*label_key"):
+            data.TFDSImages("mnist", 16, label_key="digit")
+        with pytest.raises(ValueError, match="feature 'image'.*one integer per image"):
+            data.TFDSImages("mnist", 16, label_key="image")
+        plain = data.TFDSImages("mnist", 16)
+    assert digits.class_names == [str(digit) for digit in range(10)]
+    assert len(set(read_directly)) > 1
+    assert [item.label for item in items] == read_directly * 2  # flipped copies keep their labels
+    assert digits.describe()["class_names"] == digits.class_names and digits.describe()["label_key"] == "label"
+    assert plain.class_names is None and "class_names" not in plain.describe()
+    assert all(item.label is None for item in plain.iter_images(0, 2))

@@ -218,3 +218,39 @@ def test_latent_decoder_decodes_and_refuses_another_vae(tmp_path):
         data.LatentDecoder(cache.normalization(), tiny_vae())
     with pytest.raises(ValueError, match="carries no latent normalization"):
         data.LatentDecoder(None, vae)
+
+
+def test_a_labelled_cache_keeps_each_latents_label_and_refuses_another_labelling(tmp_path):
+    for name, count in (("cat", 4), ("dog", 3)):
+        write_images(tmp_path / "images" / name, count, corrupt=(1,) if name == "cat" else ())
+    labelled = data.ImageFolder(tmp_path / "images", RESOLUTION, labels=True)
+    unlabelled = data.ImageFolder(tmp_path / "images", RESOLUTION)
+    vae = tiny_vae()
+    cache = data.build_latent_cache(labelled, vae, tmp_path / "labelled", shard_size=3, verbose=0)
+    np.testing.assert_array_equal(cache.index, [0, 2, 3, 4, 5, 6])  # cat/001.png is skipped
+    assert cache.labels.dtype == np.int32
+    np.testing.assert_array_equal(cache.labels, np.asarray(labelled.file_labels)[cache.index])
+    np.testing.assert_array_equal(cache.labels, [0, 0, 0, 1, 1, 1])
+    assert cache.class_names == ["cat", "dog"] and cache.num_classes == 2
+    info = json.loads((tmp_path / "labelled" / "cache.json").read_text())
+    assert info["labelled"] and info["class_names"] == ["cat", "dog"]
+    x0, _, y = data.NoisePairedDataset(cache.training_data(), batch_size=6, labels=cache.labels, shuffle=False)[0]
+    np.testing.assert_array_equal(y, cache.labels)
+    refused = "(?s)cache with the class labels of 2 classes.*reads images without class labels.*another cache folder"
+    with pytest.raises(ValueError, match=refused):
+        data.build_latent_cache(unlabelled, vae, tmp_path / "labelled", verbose=0)
+
+    plain = data.build_latent_cache(unlabelled, vae, tmp_path / "plain", verbose=0)
+    assert plain.labels is None and plain.class_names is None and plain.num_classes == 0
+    refused = "latent cache without class labels, but this run reads images with the class labels of 2 classes \\['cat'"
+    with pytest.raises(ValueError, match=refused):
+        data.build_latent_cache(labelled, vae, tmp_path / "plain", verbose=0)
+    # A cache written before labels existed has no label fields: it loads, and is reused unlabelled.
+    old_info = {key: value for key, value in json.loads((tmp_path / "plain" / "cache.json").read_text()).items()
+                if key not in ("labelled", "class_names")}
+    (tmp_path / "plain" / "cache.json").write_text(json.dumps(old_info))
+    old = data.LatentCache(tmp_path / "plain")
+    assert old.labels is None and old.num_classes == 0
+    assert data.build_latent_cache(unlabelled, vae, tmp_path / "plain", verbose=0).labels is None
+    with pytest.raises(ValueError, match="without class labels, but this run reads images with the class labels"):
+        data.build_latent_cache(labelled, vae, tmp_path / "plain", verbose=0)

@@ -303,3 +303,151 @@ def test_batches_per_epoch_keeps_whole_updates_and_leaves_other_samples_out_each
         NoisePairedDataset(samples, batch_size=2, batches_per_epoch=6)
     with pytest.raises(ValueError, match="applies to array data"):
         NoisePairedDataset(Batches(np.zeros((16, 2, 2, 1), "float32")), batches_per_epoch=1)
+
+
+class LabelledBatches(keras.utils.PyDataset):
+    """A PyDataset source of (x, labels) batches of 8, or of x only from batch `unlabelled_from` on."""
+
+    def __init__(self, data, labels, unlabelled_from=None):
+        super().__init__()
+        self.data, self.labels, self.unlabelled_from = data, labels, unlabelled_from
+
+    def __len__(self):
+        return len(self.data) // 8
+
+    def __getitem__(self, index):
+        rows = slice(index * 8, (index + 1) * 8)
+        if self.unlabelled_from is not None and index >= self.unlabelled_from:
+            return self.data[rows]
+        return self.data[rows], self.labels[rows]
+
+
+def labelled_data(count=24, seed=11):
+    """Samples of 3 classes far apart (so pairing across classes would be cheaper), and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, count).astype("int64")
+    return (rng.normal(size=(count, 3)) + 3.0 * labels[:, None]).astype("float32"), labels
+
+
+def assert_paired_within_classes(x0, z, y, noise):
+    """z holds each row of `noise` once; each class's rows hold the noise rows at its positions, optimally paired."""
+    for label in np.unique(y):
+        rows = np.flatnonzero(y == label)
+        np.testing.assert_array_equal(np.sort(z[rows], axis=0), np.sort(noise[rows], axis=0))
+        optimum = optimal_pairing_cost(x0[rows], noise[rows])
+        assert pairing_cost(x0[rows], z[rows]) == pytest.approx(optimum, rel=1e-6)
+
+
+def test_labelled_array_batches_keep_their_labels_and_pair_within_classes():
+    data, labels = labelled_data()
+    batches = NoisePairedDataset(data, batch_size=8, seed=1, labels=labels)
+    assert batches.num_classes == int(labels.max()) + 1 and batches.labels.dtype == np.int32
+    for epoch in (0, 1):
+        batches.epoch = epoch
+        for index in range(3):
+            x0, z, y = batches[index]
+            assert y.dtype == np.int32 and y.shape == (8,)
+            # Each sample comes with its own label, whatever the epoch's shuffle.
+            sample = [int(np.flatnonzero((data == row).all(axis=1))[0]) for row in x0]
+            np.testing.assert_array_equal(y, labels[sample])
+            assert_paired_within_classes(x0, z, y, paired_data._batch_noise(x0.shape, 1, epoch, index))
+    # Without OT: the same noise draw, unpaired, with the labels.
+    x0, z, y = NoisePairedDataset(data, batch_size=8, seed=1, labels=labels, ot=False)[0]
+    np.testing.assert_array_equal(z, paired_data._batch_noise(x0.shape, 1, 0, 0))
+    unlabelled = NoisePairedDataset(data, batch_size=8, seed=1)
+    assert len(unlabelled[0]) == 2 and unlabelled.num_classes == 0 and unlabelled.labels is None
+
+
+@pytest.mark.parametrize("group", [None, 4])
+def test_labelled_shards_are_the_parts_of_the_whole_batch(group):
+    data, labels = labelled_data(count=16)
+    whole = NoisePairedDataset(data, batch_size=16, seed=2, ot_group_size=group, labels=labels)
+    shards = [
+        NoisePairedDataset(data, batch_size=16, seed=2, ot_group_size=group, labels=labels, shard=(part, 2))
+        for part in range(2)
+    ]
+    for expected, joined in zip(whole[0], (np.concatenate(parts) for parts in zip(*(shard[0] for shard in shards)))):
+        np.testing.assert_array_equal(joined, expected)
+    x0, z, y = whole[0]
+    noise = paired_data._batch_noise(x0.shape, 2, 0, 0)
+    for rows in (slice(0, 16),) if group is None else (slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)):
+        assert_paired_within_classes(x0[rows], z[rows], y[rows], noise[rows])
+
+
+@pytest.mark.parametrize("source", ["py_dataset", "tf_data"])
+def test_a_batched_source_gives_its_labels_with_labels_true(source):
+    data, labels = labelled_data()
+    batched = LabelledBatches(data, labels) if source == "py_dataset" else tf_batches((data, labels))
+    batches = NoisePairedDataset(batched, seed=3, labels=True)
+    assert batches.num_classes is None
+    for index in range(3):
+        x0, z, y = batches[index]
+        np.testing.assert_array_equal(x0, data[index * 8 : (index + 1) * 8])
+        np.testing.assert_array_equal(y, labels[index * 8 : (index + 1) * 8])
+        assert y.dtype == np.int32
+        assert_paired_within_classes(x0, z, y, paired_data._batch_noise(x0.shape, 3, 0, index))
+    # Without labels=True the source's labels are dropped, as before.
+    assert len(NoisePairedDataset(LabelledBatches(data, labels))[0]) == 2
+
+
+def test_bad_labels_are_refused_with_what_to_do():
+    data, labels = labelled_data(count=16)
+    with pytest.raises(ValueError, match="dtype float64; class labels are integers.*astype\\('int32'\\)"):
+        NoisePairedDataset(data, batch_size=8, labels=labels.astype("float64"))
+    with pytest.raises(ValueError, match="15 labels for 16 samples; give exactly one label per sample"):
+        NoisePairedDataset(data, batch_size=8, labels=labels[:15])
+    with pytest.raises(ValueError, match="negative label -1"):
+        NoisePairedDataset(data, batch_size=8, labels=np.where(labels == 0, -1, labels))
+    with pytest.raises(ValueError, match="shape \\(16, 1\\); expected one integer per sample"):
+        NoisePairedDataset(data, batch_size=8, labels=labels[:, None])
+    with pytest.raises(ValueError, match="labels=True takes the labels from the \\(x, y\\) batches.*array itself"):
+        NoisePairedDataset(data, batch_size=8, labels=True)
+    with pytest.raises(ValueError, match="yield \\(x, labels\\) batches and pass labels=True"):
+        NoisePairedDataset(LabelledBatches(data, labels), labels=labels)
+    # A batched source's labels are checked at the bad batch.
+    missing = NoisePairedDataset(LabelledBatches(data, labels, unlabelled_from=1), labels=True)
+    missing[0]
+    with pytest.raises(ValueError, match="Batch 1 of the source holds no labels.*labels=None"):
+        missing[1]
+    with pytest.raises(ValueError, match="labels of batch 0 have dtype float32"):
+        NoisePairedDataset(tf_batches((data, labels.astype("float32"))), labels=True)[0]
+    with pytest.raises(ValueError, match="labels of batch 0 hold 4 labels for 8 samples"):
+        NoisePairedDataset(LabelledBatches(data, labels[:4]), labels=True)[0]
+
+
+class LabelWeightedRegression(NoiseRegression):
+    """Regresses z on x0, each sample's error weighted by 1 + its label: its loss proves that fit hands the step y."""
+
+    def __init__(self, dimension):
+        super().__init__(dimension)
+        self.label_dtypes = []
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self.label_dtypes.append(keras.backend.standardize_dtype(sample_weight.dtype))
+        errors = keras.ops.mean((self.dense(x) - y) ** 2, axis=-1)
+        return keras.ops.mean(errors * (1.0 + keras.ops.cast(sample_weight, "float32")))
+
+
+@pytest.mark.parametrize("source", ["array", "tf_data"])
+def test_drives_fit_with_x0_paired_noise_and_labels(source):
+    data, labels = labelled_data(count=16)
+
+    def make_batches():
+        if source == "array":
+            return NoisePairedDataset(data, batch_size=8, seed=1, labels=labels)
+        return NoisePairedDataset(tf_batches((data, labels)), seed=1, labels=True)
+
+    model = LabelWeightedRegression(3)
+    model(np.zeros((1, 3), "float32"))
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0))
+    batches = make_batches()
+    history = model.fit(batches, epochs=1, shuffle=False, callbacks=[batches.epoch_callback()], verbose=0)
+    assert int(model.optimizer.iterations) == 2 and set(model.label_dtypes) == {"int32"}
+    kernel, bias = (keras.ops.convert_to_numpy(weight) for weight in model.dense.weights)
+    reference = make_batches()
+    batch_losses = [
+        np.mean(np.mean((x @ kernel + bias - z) ** 2, axis=-1) * (1.0 + y))
+        for x, z, y in (reference[index] for index in range(len(reference)))
+    ]
+    expected = np.mean(batch_losses)
+    assert history.history["loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -4,7 +4,7 @@
   written from); facts are cited from docs/reference.md instead.
 - Every citation `docs/reference.md "Heading"` (or `reference.md 'Heading'`) names a heading that
   docs/reference.md has.
-- Every relative markdown link of README.md and docs/*.md points to a file that exists.
+- Every relative markdown link of README.md, CHANGELOG.md and docs/*.md points to a file that exists.
 - The ablation tables docs/results.md shows are those recipes/ablation.py wrote to the committed
   run folder (docs/ablation/<date>/results.md), line for line.
 
@@ -36,12 +36,12 @@ REFERENCE_SECTIONS = [
 
 # What the project is made of. bench/results/ holds raw records of past runs and is not scanned.
 SCANNED_FOLDERS = ("keras_lct", "recipes", "tests", "docs")
-SCANNED_ROOT_FILES = ("README.md", "Makefile", "pyproject.toml")
+SCANNED_ROOT_FILES = ("README.md", "CHANGELOG.md", "Makefile", "pyproject.toml")
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".json", ".yaml", ".yml", ".sh", ".rst"}
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache"}
 
 # Built from pieces so that this file does not hold the strings it looks for.
-FORBIDDEN = ("REFERENCE" + ".md", ".." + "/shared")
+FORBIDDEN = ("REFERENCE" + ".md", ".." + "/shared", "/work" + "/shared", "KERAS_NOTES" + ".md", "ARCHITECTURE" + ".md")
 
 # `docs/reference.md "X"`, `reference.md 'X'`, also with the path in backticks, and lists such as
 # `reference.md "X", "Y" and "Z"`. A quoted heading may wrap onto the next line of a docstring or
@@ -185,7 +185,7 @@ def test_every_reference_citation_names_a_heading():
 
 @pytest.mark.backend_neutral
 def test_relative_markdown_links_resolve():
-    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md"] + sorted((ROOT / "docs").glob("*.md"))
     broken = []
     for page in pages:
         for number, target in markdown_links(page):

@@ -38,6 +38,14 @@ def numpy_of(value):
             0,
         ),
         (layers.UNetBlock, {"in_channels": 8, "out_channels": 8, "emb_channels": 4, "up": True, "norm": "rms"}, [(2, 4, 4, 8), (2, 4)], (2, 8, 8, 8), 8, 0),
+        # projection (kernel, bias); the fixed position embedding
+        (layers.PatchEmbedding, {"patch_size": 2, "hidden_size": 16}, [(2, 8, 6, 3)], (2, 12, 16), 2, 1),
+        # qkv, proj, fc1, fc2, modulation (kernel, bias each); the norms hold no weights
+        (layers.DiTBlock, {"hidden_size": 32, "num_heads": 4}, [(2, 16, 32), (2, 32)], (2, 16, 32), 10, 0),
+        # + the offsets of the query and key norms (NsLN) or their scales and offsets (layer)
+        (layers.DiTBlock, {"hidden_size": 32, "num_heads": 4, "qk_norm": "nsln", "epsilon": 1e-5}, [(2, 16, 32), (2, 32)], (2, 16, 32), 12, 0),
+        (layers.DiTBlock, {"hidden_size": 32, "num_heads": 2, "mlp_ratio": 2.0, "qk_norm": "layer"}, [(2, 16, 32), (2, 32)], (2, 16, 32), 14, 0),
+        (layers.DiTFinalLayer, {"hidden_size": 32, "patch_size": 2, "out_channels": 4}, [(2, 16, 32), (2, 32)], (2, 16, 16), 4, 0),
     ],
 )
 def test_layer_contract(layer_cls, kwargs, shapes, output_shape, trainable, non_trainable, tmp_path):
@@ -227,6 +235,54 @@ def test_initialization_is_uniform_within_one_over_sqrt_fan_in():
     assert np.all(numpy_of(block.conv1.kernel) == 0)
 
 
+@pytest.mark.parametrize("null_class, rows", [(None, 4), ("learned", 5), ("zero", 4)])
+def test_class_embedding_rows_null_class_and_file_round_trip(null_class, rows, tmp_path):
+    layer = layers.ClassEmbedding(4, 6, null_class=null_class, embeddings_initializer="ones")
+    config = layer.get_config()
+    assert layers.ClassEmbedding.from_config(config).get_config() == config
+    labels = keras.Input(shape=(), dtype="int32")
+    model = keras.Model(labels, layer(labels))
+    table = np.random.default_rng(7).normal(size=(rows, 6)).astype("float32")
+    layer.embeddings.assign(table)
+    assert [w.name for w in layer.trainable_weights] == ["embeddings"] and layer.embeddings.shape == (rows, 6)
+    known = np.array([3, 0, 2], "int32")
+    np.testing.assert_array_equal(numpy_of(model(known)), table[known])
+    if null_class is not None:  # the null class, label 4: its own row, or zeros
+        expected = table[4] if null_class == "learned" else np.zeros(6, "float32")
+        np.testing.assert_array_equal(numpy_of(model(np.array([4], "int32")))[0], expected)
+    model.save(tmp_path / "labels.keras")
+    np.testing.assert_array_equal(numpy_of(keras.models.load_model(tmp_path / "labels.keras")(known)), table[known])
+
+
+def test_the_dit_blocks_start_as_the_identity():
+    rng = np.random.default_rng(8)
+    tokens, conditioning = rng.normal(size=(2, 16, 32)).astype("float32"), rng.normal(size=(2, 32)).astype("float32")
+    np.testing.assert_array_equal(numpy_of(layers.DiTBlock(32, 4, qk_norm="nsln")(tokens, conditioning)), tokens)  # zero gates
+    assert not np.any(numpy_of(layers.DiTFinalLayer(32, 2, 4)(tokens, conditioning)))
+
+
+def test_patch_embedding_and_unpatchify_share_the_patch_order():
+    rng = np.random.default_rng(9)
+    image = rng.normal(size=(2, 4, 6, 3)).astype("float32")  # a 2 x 3 grid of 2 x 2 patches
+    patches = image.reshape(2, 2, 2, 3, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 6, 12)  # row-major, (row, column, channel)
+    np.testing.assert_array_equal(numpy_of(layers.unpatchify(patches, 2, 3, 2, 3)), image)
+    embedding = layers.PatchEmbedding(2, 8)
+    tokens = numpy_of(embedding(image))
+    kernel, bias = (numpy_of(w).astype("float64") for w in embedding.projection.weights)
+    expected = patches @ kernel.reshape(12, 8) + bias + layers.sincos_position_embedding_2d(8, 2, 3)
+    np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sincos_position_embedding_against_numpy():
+    table = layers.sincos_position_embedding_2d(8, 2, 3)  # 2 rows, 3 columns; 2 frequencies per half
+    frequencies = 1 / 10000 ** (np.arange(2) / 2)
+    row, column = 1, 2
+    angles_column, angles_row = column * frequencies, row * frequencies
+    expected = np.concatenate([np.sin(angles_column), np.cos(angles_column), np.sin(angles_row), np.cos(angles_row)])
+    np.testing.assert_allclose(table[row * 3 + column], expected, rtol=1e-6)
+    assert table.shape == (6, 8) and table.dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "make, words",
     [
@@ -236,6 +292,13 @@ def test_initialization_is_uniform_within_one_over_sqrt_fan_in():
         (lambda: layers.UNetBlock(8, 8, 4, up=True, down=True), "not both"),
         (lambda: layers.Resample2D("sideways"), "mode"),
         (lambda: layers.PositionalEmbedding(7), "num_channels"),
+        (lambda: layers.ClassEmbedding(0, 8), "num_classes"),
+        (lambda: layers.ClassEmbedding(3, 8, null_class="random"), "null_class"),
+        (lambda: layers.DiTBlock(32, 3), "num_heads"),
+        (lambda: layers.DiTBlock(32, 4, qk_norm="rms"), "qk_norm"),
+        (lambda: layers.PatchEmbedding(2, 30), "hidden_size"),
+        (lambda: layers.PatchEmbedding(3, 8)(np.zeros((1, 8, 8, 3))), "divisible by 3"),
+        (lambda: layers.sincos_position_embedding_2d(6, 2, 2), "divisible by 4"),
     ],
 )
 def test_bad_arguments(make, words):

@@ -17,6 +17,9 @@ from test_recipes import run_recipe
 # no diffusion loss, independent noise, c fixed), each tested on every backend in-process; which of
 # the two won is the recipe's own bookkeeping. So the fixture trains iLCT where that runs only.
 COMPARES_ILCT = once_tests_run_here()
+# The class-conditional model too: conditional training and sampling are tested in-process on every
+# backend (test_conditional.py, test_consistency.py); its grid, accuracy and file are the recipe's.
+TRAINS_CONDITIONAL = once_tests_run_here()
 
 ARTIFACTS = [
     "samples.png", "training.png", "metrics.json", "model.keras", "ilct.keras", "autoencoder.keras", "features.keras",
@@ -28,7 +31,8 @@ ARTIFACTS = [
 def quickstart(tmp_path_factory):
     output = tmp_path_factory.mktemp("quickstart")
     # One seed: the means and spreads over seeds are recipes/report.py's, tested in test_report.py.
-    result = run_recipe("quickstart.py", "--fast", "--seeds", "1", "--output", output, *([] if COMPARES_ILCT else ["--no-ilct"]))
+    result = run_recipe("quickstart.py", "--fast", "--seeds", "1", "--output", output,
+                        *([] if COMPARES_ILCT else ["--no-ilct"]), *([] if TRAINS_CONDITIONAL else ["--no-conditional"]))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return output, result
 
@@ -44,6 +48,22 @@ def test_quickstart_writes_every_artifact(quickstart):
     assert data["pixels"].shape[1:] == (8, 8, 1) and data["latents"].shape[1:] == (4, 4, 4)
     fig1 = json.loads((output / "impulsive_noise.json").read_text())
     assert {"pixel", "latent"} <= set(fig1)
+
+
+@pytest.mark.recipe_bookkeeping
+def test_quickstart_samples_digits_by_label_and_scores_the_conditional_model(quickstart):
+    output, result = quickstart
+    grid = np.asarray(Image.open(output / "conditional_samples.png"))
+    assert grid.shape[0] == grid.shape[1]  # ten rows (the digits 0-9) of ten samples
+    for name in ("conditional_samples.png", "conditional.keras"):
+        assert name in result.stdout
+    conditional = json.loads((output / "metrics.json").read_text())["conditional"]
+    for scores in (conditional["one_step"], conditional["two_step"]):
+        assert set(scores) == {"frechet_distance", "recall", "accuracy"}
+        assert 0 <= scores["accuracy"] <= 1 and math.isfinite(scores["frechet_distance"])
+    assert conditional["label_dropout"] == 0.1
+    model = keras.saving.load_model(output / "conditional.keras", compile=False)
+    assert model.num_classes == 10 and model.sample(3, labels=[7, 1, 3], seed=0).shape == (3, 4, 4, 4)
 
 
 def test_quickstart_metrics_are_complete_and_the_trained_model_beats_the_untrained(quickstart):
@@ -91,7 +111,7 @@ def test_saved_model_samples_on_this_backend_and_decodes_with_the_saved_autoenco
 def test_quickstart_documents_its_options_and_refuses_bad_ones():
     result = run_recipe("quickstart.py", "--help", timeout=120)
     assert result.returncode == 0
-    for option in ("--output", "--steps", "--fast", "--no-ilct", "--seed", "--seeds", "--model-channels"):
+    for option in ("--output", "--steps", "--fast", "--no-ilct", "--no-conditional", "--seed", "--seeds", "--model-channels"):
         assert option in result.stdout
     result = run_recipe("quickstart.py", "--steps", "0", timeout=120)
     assert result.returncode == 2 and "--steps must be at least 1" in result.stderr

@@ -1,7 +1,7 @@
 """recipes/report.py: the README's and docs/results.md's quickstart tables are what it renders from the committed runs.
 
 The script is plain Python and json; it runs in subprocesses here, and one checks that it
-imports neither Keras nor a backend.
+imports neither Keras nor a backend to render (it writes a page through keras_lct.saving).
 """
 
 import importlib.util
@@ -148,6 +148,7 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     assert ("The lower mean 1-step Frechet distance: iLCT on jax; the paper's method on torch (within the seeds' spread); "
             "mean over the 2 backends 9.98 (the paper's method) against 11.61 (iLCT).") in results_text
     assert report("--check", "--metrics", behind, ahead, "--readme", readme, "--results", results).returncode == 0
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary left
 
     # The paper's method ahead, within the spread.
     result = report("--metrics", ahead, "--readme", readme, "--results", results)

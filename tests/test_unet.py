@@ -1,6 +1,8 @@
 """keras_lct.models.UNet: parity with the authors' parameter counts, precision, saving."""
 
+import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -20,6 +22,9 @@ from keras_lct.optimizers import RAdam
 # docs/reference.md: trainable parameters of the authors' network (NsLN / GroupNorm).
 PUBLISHED_COUNTS = {"tiny": (2.04e6, 1.37e6), "small": (26.34e6, 24.13e6), "celeba256": (158.36e6, 151.33e6)}
 MICRO = dict(img_resolution=8, in_channels=2, out_channels=2, model_channels=64, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,))
+# Trainable parameters of the authors' DhariwalUNet (branch `ot`) at keras-lct's presets, by running it:
+# tests/golden/make_dit_golden.py.
+AUTHORS_COUNTS = json.loads((pathlib.Path(__file__).parent / "golden" / "dit_golden.json").read_text())["unet_trainable_parameters"]
 
 
 def trainable_count(model):
@@ -34,6 +39,59 @@ def test_parameter_counts_match_the_authors_network(preset, zero_initializers): 
         assert trainable_count(unet) == pytest.approx(published, rel=1e-3 if preset == "celeba256" else 5e-3), norm
         assert not unet.non_trainable_variables  # NsLN stores no frozen scale
         del unet
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smoke", "small", "celeba256"])
+def test_parameter_counts_equal_the_authors_network_with_and_without_labels(preset):
+    for key, count in AUTHORS_COUNTS.items():
+        name, norm, label_dim = key.split("/")
+        if name != preset:
+            continue
+        labels = dict(num_classes=int(label_dim), label_dropout=0.1) if int(label_dim) else {}
+        unet = UNet.from_preset(preset, norm=norm, **labels)
+        with keras.StatelessScope(), use_fast_paths(False):  # variables with shapes only: no memory, no draws
+            unet.build([(None, 32, 32, 4), (None,)] + ([(None,)] if labels else []))
+        assert trainable_count(unet) == count, key
+
+
+def same_weights_but_labels(conditional, unconditional):
+    """Gives `conditional` the weights of `unconditional` (built, same name), its class table aside."""
+    weights = {w.path: w for w in unconditional.weights}
+    for weight in conditional.weights:
+        if weight.path in weights:
+            weight.assign(weights[weight.path])
+        else:
+            assert "map_label" in weight.path, weight.path
+
+
+def test_class_labels_enter_the_embedding_and_the_null_class_adds_nothing():
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 2)).astype("float32")
+    noise_labels = np.array([-800.0, 400.0], "float32")
+    unconditional = UNet(**MICRO, name="unet")
+    unconditional.build([(None, 8, 8, 2), (None,)])
+    randomize_zero_initialized_layers(unconditional)
+    conditional = UNet(**MICRO, num_classes=3, label_dropout=0.1, name="unet")
+    conditional.build([(None, 8, 8, 2), (None,), (None,)])
+    same_weights_but_labels(conditional, unconditional)
+    assert conditional.map_label.embeddings.shape == (3, 256)  # label_dim x emb_channels, as EDM's map_label
+    assert 0.8 < np.std(ops.convert_to_numpy(conditional.map_label.embeddings)) < 1.2  # EDM: N(0, 1)
+    expected = ops.convert_to_numpy(unconditional([x, noise_labels]))
+    np.testing.assert_allclose(ops.convert_to_numpy(conditional([x, noise_labels])), expected, atol=1e-6)
+    null = np.array([3, 3], "int32")
+    np.testing.assert_allclose(ops.convert_to_numpy(conditional([x, noise_labels, null])), expected, atol=1e-6)
+    labelled = ops.convert_to_numpy(conditional([x, noise_labels, np.array([0, 2], "int32")]))
+    assert np.abs(labelled - expected).min() > 0
+    assert UNet.from_config(conditional.get_config()).get_config() == conditional.get_config()
+
+
+def test_symbolic_build_with_labels_as_the_consistency_model_does():
+    unet = UNet(**MICRO, num_classes=10)
+    x, t, y = keras.KerasTensor((None, 8, 8, 2)), keras.KerasTensor((None,)), keras.KerasTensor((None,), "int32")
+    assert unet([x, t, y]).shape == (None, 8, 8, 2)
+    with pytest.raises(ValueError, match=r"no null class \(label_dropout=0\)"):
+        UNet(**MICRO, num_classes=10)([x, t])
+    with pytest.raises(ValueError, match=r"unconditional \(num_classes=0\) but received class labels"):
+        UNet(**MICRO)([x, t, y])
 
 
 def test_every_norm_is_the_chosen_one():
@@ -149,6 +207,8 @@ def test_consistency_model_builds_a_preset_by_name():
         (dict(MICRO, attn_resolutions=(3,)), "Attention resolution 3 is not in the UNet's pyramid"),
         (dict(MICRO, model_channels=48), "Attention at 96 channels"),
         (dict(MICRO, norm="batch"), "Unknown normalization 'batch'"),
+        (dict(MICRO, label_dropout=0.1), "the network is unconditional"),
+        (dict(MICRO, num_classes=2.5), "num_classes"),
     ],
 )
 def test_bad_configurations_raise_at_construction(kwargs, words):

@@ -1,11 +1,13 @@
 """Data: images in, latent caches, normalization, and the batches `fit` consumes.
 
 - `keras_lct.data.images`: image sources (`ImageFolder`, `TFDSImages`), with
-  center crop / resize / RGB conversion and a report of skipped files;
+  center crop / resize / RGB conversion, a report of skipped files and, on
+  request, class labels;
 - `keras_lct.data.latents`: encoding to a memory-mapped latent cache with its
   statistics (`build_latent_cache`, `LatentCache`; `encode_latents` in memory) and the normalization
   `x = (z / s - mean) / std * 0.5` (`LatentNormalization`);
-- `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches;
+- `keras_lct.data.paired`: `NoisePairedDataset`, (x0, OT-paired noise) batches,
+  or (x0, noise, labels) with the noise paired within each class;
 - `keras_lct.data.checks`: the checks of what `fit` receives (`check_samples`,
   `checked_batches`).
 

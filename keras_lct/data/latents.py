@@ -9,13 +9,15 @@ batch by batch from the memory map; sampling inverts it before decoding.
 Files of a cache folder:
 
 - `cache.json`: what the cache was made from (autoencoder fingerprint and
-  config, resolution, image source, seed) and whether it is complete;
+  config, resolution, image source, seed, whether it holds class labels
+  and their names) and whether it is complete;
 - `shard_XXXXX.npz`: encoded shards while encoding is under way (each written
   to a temporary name and renamed, so an interrupted run resumes at the first
   missing shard and loses nothing);
 - `latents.npy`: the finished `(num_images, h, w, c)` float32 array;
 - `statistics.npz`: `mean`, `std` (of `z / s`, per element), `index` (the
-  source index of each latent);
+  source index of each latent) and, for a source read with labels,
+  `labels` (the class index of each latent);
 - `report.json`: images read, converted and skipped (with reasons).
 
 Reference: `docs/reference.md` "Latents"; paper section 5.1.
@@ -32,6 +34,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_lct._validation import check_class_labels
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
 from keras_lct.data.images import ImageReport
@@ -45,7 +48,7 @@ _SHARD_PATTERN = "shard_{:05d}.npz"
 # Fields of cache.json that must equal the current run's for a cache to be reused.
 # (latent_shape follows from the fingerprinted config and the resolution.)
 _IDENTITY_FIELDS = ("format", "autoencoder_fingerprint", "resolution", "seed", "source")
-_SOURCE_IDENTITY_FIELDS = ("kind", "name", "split", "num_images", "files_sha256", "resolution", "flip")
+_SOURCE_IDENTITY_FIELDS = ("kind", "name", "split", "num_images", "files_sha256", "resolution", "flip", "label_key")
 
 
 def normalize_latents(latents, mean, std, scaling_factor, target_std=TARGET_STD):
@@ -206,6 +209,12 @@ class LatentCache:
         mean, std: per-element statistics of z / s, shape `(h, w, c)`.
         scaling_factor: s.
         index: source index of every latent (skipped images leave gaps).
+        labels: the int32 class index of every latent, aligned with
+            `latents`, or None for a cache encoded without labels.
+        class_names: the names of classes 0..K-1 (a list), or None (no
+            labels, or labels without names).
+        num_classes: K: the number of class names, else the largest label
+            + 1; 0 without labels.
         info: the contents of `cache.json`.
         report: the `ImageReport` of the encoding.
 
@@ -213,6 +222,8 @@ class LatentCache:
     ```python
     cache = LatentCache("runs/celeba/latents")
     batches = NoisePairedDataset(cache.training_data(), batch_size=128)
+    # A cache of a labelled source: (x0, z, y) batches.
+    batches = NoisePairedDataset(cache.training_data(), batch_size=128, labels=cache.labels)
     ```
 
     Reference: `docs/reference.md` "Latents".
@@ -242,12 +253,21 @@ class LatentCache:
             self.mean = statistics["mean"]
             self.std = statistics["std"]
             self.index = statistics["index"]
+            self.labels = statistics["labels"].astype(np.int32) if "labels" in statistics.files else None
+        self.class_names = self.info.get("class_names")
         self.scaling_factor = float(self.info["scaling_factor"])
         with open(os.path.join(self.directory, "report.json")) as file:
             self.report = ImageReport.from_dict(json.load(file))
 
     def __len__(self):
         return len(self.latents)
+
+    @property
+    def num_classes(self):
+        """K, the number of classes of the labels (0 without labels)."""
+        if self.class_names is not None:
+            return len(self.class_names)
+        return 0 if self.labels is None else int(self.labels.max()) + 1
 
     def normalization(self):
         """A built `LatentNormalization` holding this cache's statistics and VAE identity."""
@@ -395,8 +415,13 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     time, with the per-element statistics of z / s (mean, and std with n - 1
     as the authors' `torch.std_mean`).
 
+    A source read with class labels (its `describe()` has `class_names`)
+    gives a labelled cache: each latent keeps its image's label, and the
+    class names are kept in `cache.json`.
+
     A folder that already holds a cache of other images, another autoencoder,
-    resolution or seed is refused (nothing in it is touched).
+    resolution or seed, or with other class labels (or labels where this run
+    reads none, and the reverse) is refused (nothing in it is touched).
 
     Args:
         source: an image source (`ImageFolder`, `TFDSImages`).
@@ -428,6 +453,8 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
             f"downsampling factor {autoencoder.downsampling_factor}."
         )
     latent_shape = autoencoder.latent_shape(source.resolution)
+    description = source.describe()
+    labelled = "class_names" in description
     info = {
         "format": CACHE_FORMAT,
         "autoencoder_fingerprint": autoencoder.fingerprint(),
@@ -436,7 +463,9 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
         "resolution": source.resolution,
         "latent_shape": list(latent_shape),
         "seed": seed,
-        "source": source.describe(),
+        "source": description,
+        "labelled": labelled,
+        "class_names": description.get("class_names"),
         "shard_size": shard_size,
         "complete": False,
     }
@@ -472,7 +501,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
         start = shard * shard_size
         if shard - 1 not in missing:
             images = source.iter_images(start, start + _run_length(missing, shard) * shard_size)
-        latents, indices, pending, report = [], [], [], ImageReport()
+        latents, indices, labels, pending, report = [], [], [], [], ImageReport()
 
         def encode_pending():
             pixels = images_to_unit_range(np.stack([image.pixels for image in pending]))
@@ -480,6 +509,7 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
             samples = _posterior_samples(autoencoder, encoder, pixels, batch_indices, seed, batch_size)
             latents.append(samples * np.float32(autoencoder.scaling_factor))
             indices.extend(batch_indices)
+            labels.extend(image.label for image in pending)
             pending.clear()
 
         for item in itertools.islice(images, min(shard_size, len(source) - start)):
@@ -496,11 +526,18 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
             encode_pending()
         encoded += len(indices)
         shard_latents = np.concatenate(latents) if latents else np.zeros((0,) + latent_shape, np.float32)
+        shard_labels = {}
+        if labelled:
+            shard_labels["labels"] = check_class_labels(
+                np.asarray(labels) if labels else np.zeros(0, np.int32),
+                what=f"The labels the labelled source gave images {start}..{start + shard_size - 1}",
+            )
         _save_npz_atomic(
             _shard_path(directory, shard),
             latents=shard_latents,
             index=np.asarray(indices, np.int64),
             report=np.asarray(json.dumps(report.to_dict())),
+            **shard_labels,
         )
     if verbose and missing:
         seconds = time.perf_counter() - started
@@ -508,7 +545,8 @@ def build_latent_cache(source, autoencoder, directory, batch_size=16, seed=0, sh
     _join_shards(directory, num_shards, latent_shape, info)
     cache = LatentCache(directory)
     if verbose:
-        print(f"Latent cache {directory}: {len(cache)} latents {latent_shape}.\n{cache.report.summary()}")
+        classes = f", {cache.num_classes} classes" if labelled else ""
+        print(f"Latent cache {directory}: {len(cache)} latents {latent_shape}{classes}.\n{cache.report.summary()}")
     return cache
 
 
@@ -562,6 +600,7 @@ def _join_shards(directory, num_shards, latent_shape, info):
     partial = os.path.join(directory, "latents.partial.npy")
     latents = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(total,) + tuple(latent_shape))
     index = np.empty(total, np.int64)
+    labels = np.empty(total, np.int32) if info["labelled"] else None
     # Chan et al.'s pairwise update of the mean and the sum of squared deviations.
     count, mean, squares = 0, np.zeros(latent_shape, np.float64), np.zeros(latent_shape, np.float64)
     for shard, shard_count in enumerate(counts):
@@ -571,6 +610,8 @@ def _join_shards(directory, num_shards, latent_shape, info):
             values = data["latents"]
             latents[count : count + shard_count] = values
             index[count : count + shard_count] = data["index"]
+            if labels is not None:
+                labels[count : count + shard_count] = data["labels"]
         unscaled = values.astype(np.float64) / info["scaling_factor"]
         shard_mean = unscaled.mean(axis=0)
         shard_squares = ((unscaled - shard_mean) ** 2).sum(axis=0)
@@ -598,6 +639,7 @@ def _join_shards(directory, num_shards, latent_shape, info):
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
         index=index,
+        **({} if labels is None else {"labels": labels}),
     )
     write_json_atomic(os.path.join(directory, "report.json"), report.to_dict())
     write_json_atomic(os.path.join(directory, "cache.json"), dict(info, complete=True, num_latents=total))
@@ -607,6 +649,15 @@ def _join_shards(directory, num_shards, latent_shape, info):
 
 
 def _check_same_cache(directory, existing, info):
+    # A cache written before labels existed holds none.
+    old_labels = (bool(existing.get("labelled")), existing.get("class_names"))
+    new_labels = (info["labelled"], info["class_names"])
+    if old_labels != new_labels:
+        raise ValueError(
+            f"The folder {directory!r} holds a latent cache {_labels_text(*old_labels)}, but this run reads "
+            f"images {_labels_text(*new_labels)}. A cache keeps the labels it was encoded with. Use another "
+            "cache folder, or delete this one to encode again."
+        )
     for field in _IDENTITY_FIELDS:
         old, new = existing.get(field), info[field]
         if field == "source":
@@ -625,6 +676,14 @@ def _check_same_cache(directory, existing, info):
                 f"{new!r}. Latents of different encodings cannot be mixed. Use another cache folder, "
                 "or delete this one to encode again."
             )
+
+
+def _labels_text(labelled, class_names):
+    if not labelled:
+        return "without class labels"
+    if class_names is None:
+        return "with class labels (unnamed)"
+    return f"with the class labels of {len(class_names)} classes {class_names}"
 
 
 def _plain_config(autoencoder):

@@ -1,8 +1,9 @@
-"""`NoisePairedDataset`: (x0, OT-paired noise) batches for `model.fit`.
+"""`NoisePairedDataset`: (x0, OT-paired noise) batches for `model.fit`, with class labels if given.
 
 Each batch of clean samples gets a batch of Gaussian noise drawn in NumPy from
 (seed, epoch, batch index), re-assigned to the samples by minibatch OT
-(`keras_lct.coupling.pair_noise`) before it reaches the compiled step.
+(`keras_lct.coupling.pair_noise`, within each class when the samples have
+labels) before it reaches the compiled step.
 
 Reference: paper section 4.4 and fig. 3.
 """
@@ -13,6 +14,7 @@ import threading
 import keras
 import numpy as np
 
+from keras_lct._validation import check_class_labels
 from keras_lct._validation import check_int
 from keras_lct._validation import check_seed
 from keras_lct.coupling import pair_noise
@@ -43,7 +45,7 @@ def _check_shard(shard):
 
 
 class NoisePairedDataset(SelfCheckingDataset):
-    """Batches `(x0, z)` of clean samples and (OT-paired) Gaussian noise for `fit`.
+    """Batches `(x0, z)` or `(x0, z, y)` of clean samples, (OT-paired) Gaussian noise and labels for `fit`.
 
     Each batch of clean samples x0 gets a batch z of standard normal float32
     noise of the same shape, drawn in NumPy from `(seed, epoch, batch index)`:
@@ -52,6 +54,18 @@ class NoisePairedDataset(SelfCheckingDataset):
     paper's setting) z is re-assigned to the samples by `pair_noise`, with
     `ot=False` the same draw is kept unpaired. `fit` hands the pair to the
     training step as `(x, y)`.
+
+    Class labels: with `labels` every batch is the 3-tuple `(x0, z, y)`, y
+    the int32 class indices of the batch's samples, shape `(batch,)` (`fit`
+    hands it to the step as its `sample_weight`); without them it is
+    `(x0, z)`. With `ot=True` the noise is then paired with the data within
+    each class (`pair_noise(..., labels=y)`): the noise rows at the
+    positions of class c's samples are re-assigned among those samples by
+    the exact OT plan, so each class's noise stays an independent standard
+    normal draw, chosen before the data is looked at. The authors' code
+    (`sample_plan_with_labels`) instead solves one plan over the whole
+    batch and lets each label follow its data sample, pairing noise across
+    classes; see `docs/reference.md` "Minibatch OT".
 
     Epochs: pass `callbacks=[batches.epoch_callback()]` to `fit`. It sets
     `epoch` to fit's own epoch number at the start of every epoch, so noise
@@ -72,9 +86,11 @@ class NoisePairedDataset(SelfCheckingDataset):
       as `keras_lct.data.LatentCache.training_data()`) is read batch by
       batch and never copied whole.
     - `keras.utils.PyDataset` of batches `x` or `(x, ...)` (labels and
-      sample weights are dropped): batch `i` of this dataset is batch `i` of
+      sample weights are dropped, unless `labels=True` takes the second
+      element as the labels): batch `i` of this dataset is batch `i` of
       the source; the source's `on_epoch_begin`/`on_epoch_end` are forwarded.
-    - `tf.data.Dataset` of batches `x` or `(x, ...)`: read as a stream,
+    - `tf.data.Dataset` of batches `x` or `(x, ...)` (`(x, y)` with
+      `labels=True`, as the PyDataset): read as a stream,
       restarted whenever it is exhausted (so every epoch sees one full pass,
       whatever order `fit` asks for the batch indices). Its length is its
       cardinality; an infinite (`.repeat()`ed) dataset makes an infinite
@@ -85,7 +101,11 @@ class NoisePairedDataset(SelfCheckingDataset):
     Every batch is checked before it reaches the model: NaN/inf values, a
     non-numeric dtype, a rank below 2, an empty batch, or a single-sample
     batch with `ot=True` raise a `ValueError` naming the batch index (and
-    the first bad sample). Integer data is cast to float32.
+    the first bad sample). Integer data is cast to float32. Labels must be
+    integers >= 0, one per sample, of shape `(num_samples,)`: float labels,
+    negative labels, another rank or another count than the samples', and a
+    batch with no labels from a source read with `labels=True` raise a
+    `ValueError` (array labels up front, a source's at the bad batch).
 
     Args:
         data: NumPy array `(num_samples, ...)`, `keras.utils.PyDataset` or
@@ -110,6 +130,11 @@ class NoisePairedDataset(SelfCheckingDataset):
             count` on, with the same noise and pairing as the whole batch.
             `keras_lct.distribute.DataParallel.shard` gives it. None: whole
             batches.
+        labels: the class labels: for array data an integer array
+            `(num_samples,)` aligned with the data (shuffled with it, e.g.
+            `LatentCache.labels`); for a PyDataset or tf.data source `True`,
+            to take each batch's second element `y` of `(x, y)` as its
+            labels. None: no labels, batches `(x0, z)`.
         workers: threads (or processes) preparing batches in parallel.
         use_multiprocessing: use processes instead of threads (not with a
             tf.data source).
@@ -123,6 +148,9 @@ class NoisePairedDataset(SelfCheckingDataset):
     model.fit(batches, epochs=1400, callbacks=[batches.epoch_callback()])
     # Resuming at epoch 700 draws the interrupted run's noise and order:
     model.fit(batches, epochs=1400, initial_epoch=700, callbacks=[batches.epoch_callback()])
+    # Class-conditional: (x0, z, y) batches, noise paired within each class.
+    labelled = NoisePairedDataset(latents, batch_size=128, labels=classes)  # classes: (27000,) ints
+    x0, z, y = labelled[0]
     ```
 
     Reference: paper section 4.4 and fig. 3.
@@ -139,6 +167,7 @@ class NoisePairedDataset(SelfCheckingDataset):
         ot_group_size=None,
         batches_per_epoch=None,
         shard=None,
+        labels=None,
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
@@ -157,6 +186,8 @@ class NoisePairedDataset(SelfCheckingDataset):
             self.ot_group_size = check_int("ot_group_size", ot_group_size, minimum=2)
         self.shard = _check_shard(shard)
 
+        if labels is False:
+            labels = None
         if isinstance(data, keras.utils.PyDataset):
             self.source = "py_dataset"
             self._check_no_batch_size(batch_size, "a keras.utils.PyDataset")
@@ -178,6 +209,14 @@ class NoisePairedDataset(SelfCheckingDataset):
         else:
             self.source = "array"
             self.data = check_samples(data)
+            if labels is True:
+                raise ValueError(
+                    "labels=True takes the labels from the (x, y) batches of a PyDataset or tf.data "
+                    "source; for array data pass the label array itself: labels=<ints of shape "
+                    f"({len(self.data)},)>, one per sample."
+                )
+            if labels is not None:
+                labels = check_class_labels(labels, count=len(self.data), what="The labels")
             batch_size = 32 if batch_size is None else batch_size
             self.batch_size = check_int("batch_size", batch_size, minimum=1)
             count = len(self.data)
@@ -205,6 +244,12 @@ class NoisePairedDataset(SelfCheckingDataset):
                     "(or drop_remainder=True), or pass ot=False."
                 )
             self._order = self._epoch_order(0)
+        if self.source != "array" and labels is not None and labels is not True:
+            raise ValueError(
+                f"A {type(data).__name__} source yields its batches, so its labels must come with them: "
+                "make it yield (x, labels) batches and pass labels=True (received a label array)."
+            )
+        self.labels = labels
         if batches_per_epoch is not None:
             if self.source != "array":
                 raise ValueError("`batches_per_epoch` applies to array data; a batched source sets its own length.")
@@ -251,6 +296,20 @@ class NoisePairedDataset(SelfCheckingDataset):
         """Batches per epoch; `None` for an infinite source."""
         return self._num_batches
 
+    @property
+    def num_classes(self):
+        """The classes the labels need (largest label + 1): 0 without labels, None for a source's labels.
+
+        Known up front for array labels, so a model's class count can be
+        checked before training; the labels of a batched source are known
+        batch by batch only.
+        """
+        if self.labels is None:
+            return 0
+        if self.labels is True:
+            return None
+        return int(self.labels.max()) + 1
+
     def __len__(self):
         if self._num_batches is None:
             raise TypeError(
@@ -260,27 +319,37 @@ class NoisePairedDataset(SelfCheckingDataset):
         return self._num_batches
 
     def __getitem__(self, index):
-        x0 = checked_float_batch(self._clean_batch(index), index)
+        x0, labels = self._clean_batch(index)
+        x0 = checked_float_batch(x0, index)
+        if labels is not None:
+            labels = check_class_labels(labels, count=len(x0), what=f"The labels of batch {index}")
         if self.ot and len(x0) == 1:
             raise ValueError(
                 f"Batch {index} holds 1 sample: OT pairing needs 2 or more. Use larger batches, "
                 "or pass ot=False."
             )
         noise = _batch_noise(x0.shape, self.seed, self.epoch, index)
-        if self.shard == (0, 1):
-            return x0, pair_noise(x0, noise, ot=self.ot, group_size=self.ot_group_size)
-        part, parts = self.shard
-        if len(x0) % parts:
-            raise ValueError(
-                f"Batch {index} holds {len(x0)} samples, which do not split into {parts} equal shards; "
-                f"use a batch size that is a multiple of {parts}."
-            )
-        rows = slice(part * len(x0) // parts, (part + 1) * len(x0) // parts)
+        rows = slice(None)
         group = self.ot_group_size
-        if group is not None and (len(x0) // parts) % group == 0:
-            # Pairing is within groups that lie inside this shard: pair this shard alone.
-            return x0[rows], pair_noise(x0[rows], noise[rows], ot=self.ot, group_size=group)
-        return x0[rows], pair_noise(x0, noise, ot=self.ot, group_size=group)[rows]
+        if self.shard == (0, 1):
+            paired = pair_noise(x0, noise, ot=self.ot, group_size=group, labels=labels)
+        else:
+            part, parts = self.shard
+            if len(x0) % parts:
+                raise ValueError(
+                    f"Batch {index} holds {len(x0)} samples, which do not split into {parts} equal shards; "
+                    f"use a batch size that is a multiple of {parts}."
+                )
+            rows = slice(part * len(x0) // parts, (part + 1) * len(x0) // parts)
+            if group is not None and (len(x0) // parts) % group == 0:
+                # Pairing is within groups that lie inside this shard: pair this shard alone.
+                shard_labels = None if labels is None else labels[rows]
+                paired = pair_noise(x0[rows], noise[rows], ot=self.ot, group_size=group, labels=shard_labels)
+            else:
+                paired = pair_noise(x0, noise, ot=self.ot, group_size=group, labels=labels)[rows]
+        if labels is None:
+            return x0[rows], paired
+        return x0[rows], paired, labels[rows]
 
     def on_epoch_begin(self):
         if self.source == "py_dataset":
@@ -292,25 +361,36 @@ class NoisePairedDataset(SelfCheckingDataset):
             self.data.on_epoch_end()
 
     def _clean_batch(self, index):
+        """`(x0, labels or None)` of batch `index`, as read from the source."""
         if self.source == "array":
             rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-            return np.asarray(self.data[rows])
+            return np.asarray(self.data[rows]), None if self.labels is None else self.labels[rows]
         if self.source == "py_dataset":
             batch = self.data[index]
         else:
             batch = self._stream.next_batch()
+        labels = None
         if isinstance(batch, (tuple, list)):
             if not batch:
                 raise ValueError(
                     f"Batch {index} of the source is an empty tuple; expected x or (x, ...)."
                 )
+            labels = batch[1] if len(batch) > 1 else None
             batch = batch[0]
         if isinstance(batch, dict):
             raise ValueError(
                 f"Batch {index} of the source is a dict; NoisePairedDataset needs the samples "
                 "as an array x or a tuple (x, ...). Map the source to its samples first."
             )
-        return to_numpy(batch)
+        if self.labels is None:
+            return to_numpy(batch), None
+        if labels is None:
+            raise ValueError(
+                f"Batch {index} of the source holds no labels: with labels=True every batch must be "
+                "(x, labels), the labels second. Make the source yield them, or pass labels=None to "
+                "train without labels."
+            )
+        return to_numpy(batch), to_numpy(labels)
 
     def _epoch_order(self, epoch):
         count = len(self.data)

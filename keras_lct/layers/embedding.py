@@ -1,8 +1,9 @@
-"""Embeddings of the noise level: sinusoidal positional and random Fourier."""
+"""Embeddings of the conditioning: the noise level (sinusoidal, random Fourier), the class label, the patch position."""
 
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_lct.backend import fast_paths
@@ -106,3 +107,169 @@ class FourierEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
         config = super().get_config()
         config.update({"num_channels": self.num_channels, "scale": self.scale, "seed": self.seed})
         return config
+
+
+NULL_CLASS_KINDS = ("learned", "zero")
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class ClassEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
+    """A learned vector per class label, with an optional null class (label `num_classes`).
+
+    Labels 0..num_classes-1 look up rows of a trainable table. The null class
+    `num_classes` ("no label", which classifier-free guidance trains on and
+    samples with) is one of:
+
+    - `None`: no null class; the table has `num_classes` rows.
+    - `"learned"`: a row of its own, trained like the others (DiT's
+      `LabelEmbedder` with dropout > 0: `num_classes + 1` rows).
+    - `"zero"`: embeds to zeros, adding nothing (NVlabs EDM's `map_label`, a
+      bias-free linear layer on the one-hot label, whose null class is the
+      all-zero one-hot vector: `num_classes` rows).
+
+    Labels outside 0..num_classes (or `num_classes` without a null class)
+    are not checked inside a compiled step; check them before, e.g. with the
+    ConsistencyModel's data checks.
+
+    Args:
+        num_classes: the number of classes K (>= 1).
+        output_dim: width of the embedding.
+        null_class: `None`, `"learned"` or `"zero"` (see above).
+        embeddings_initializer: the table's initializer (DiT: normal with
+            standard deviation 0.02; EDM: 1).
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: int labels of shape `(batch,)`.
+
+    Example:
+    >>> embedding = ClassEmbedding(10, 64, null_class="learned")
+    >>> embedding(np.array([3, 10])).shape  # class 3 and the null class
+    (2, 64)
+
+    Reference: `docs/reference.md` "Class labels" (DiT's LabelEmbedder,
+    EDM's DhariwalUNet `map_label`).
+    """
+
+    def __init__(self, num_classes, output_dim, null_class=None, embeddings_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"`num_classes` must be an integer >= 1; received {num_classes!r}.")
+        if null_class not in (None,) + NULL_CLASS_KINDS:
+            raise ValueError(f"`null_class` must be None, 'learned' or 'zero'; received {null_class!r}.")
+        self.num_classes = num_classes
+        self.output_dim = output_dim
+        self.null_class = null_class
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer or keras.initializers.RandomNormal(stddev=0.02)
+        )
+
+    def build(self, input_shape):
+        rows = self.num_classes + (self.null_class == "learned")
+        self.embeddings = self.add_weight(
+            shape=(rows, self.output_dim), initializer=self.embeddings_initializer, name="embeddings"
+        )
+
+    def call(self, inputs):
+        table = self.embeddings
+        if self.null_class == "zero":
+            table = ops.concatenate([table, ops.zeros((1, self.output_dim), table.dtype)], axis=0)
+        return ops.take(table, ops.cast(inputs, "int32"), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "output_dim": self.output_dim,
+                "null_class": self.null_class,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            }
+        )
+        return config
+
+
+def check_class_arguments(num_classes, label_dropout, network):
+    """`(num_classes, label_dropout)` of a network, checked; the null-class kind it implies is theirs to choose.
+
+    Raises:
+        ValueError: `num_classes` not an integer >= 0; `label_dropout` not in
+            [0, 1); `label_dropout > 0` on an unconditional network.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
+        raise ValueError(
+            f"{network}: `num_classes` must be an integer >= 0 (0: unconditional); received {num_classes!r}."
+        )
+    if isinstance(label_dropout, bool) or not isinstance(label_dropout, (int, float)) or not 0 <= label_dropout < 1:
+        raise ValueError(f"{network}: `label_dropout` must be a number in [0, 1); received {label_dropout!r}.")
+    if label_dropout and not num_classes:
+        raise ValueError(
+            f"{network}: `label_dropout={label_dropout}` drops class labels, but the network is unconditional "
+            "(num_classes=0). Set `num_classes` to the number of classes, or leave `label_dropout` at 0."
+        )
+    return int(num_classes), float(label_dropout)
+
+
+def split_conditional_inputs(inputs, num_classes, label_dropout, network):
+    """`(x, noise_labels, class_labels)` of a denoiser's inputs; `class_labels` None when unconditional.
+
+    An unconditional network (`num_classes=0`) takes `[x, noise_labels]`; a
+    class-conditional one `[x, noise_labels, class_labels]`, or
+    `[x, noise_labels]` for the null class `num_classes` when it has one
+    (`label_dropout > 0`). Works on tensors and on shapes (in `build`).
+
+    Raises:
+        ValueError: another number of inputs, naming the call to make.
+    """
+    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+        count = len(inputs) if isinstance(inputs, (list, tuple)) else "1 (not a list)"
+        expected = "[x, noise_labels, class_labels]" if num_classes else "[x, noise_labels]"
+        raise ValueError(f"{network} takes the inputs {expected}; received {count} inputs.")
+    if len(inputs) == 3:
+        if not num_classes:
+            raise ValueError(
+                f"{network} is unconditional (num_classes=0) but received class labels: call it on "
+                "[x, noise_labels], or build it with `num_classes=K` to condition on labels."
+            )
+        return tuple(inputs)
+    if num_classes and not label_dropout:
+        raise ValueError(
+            f"{network} is class-conditional ({num_classes} classes) and has no null class (label_dropout=0): "
+            "call it on [x, noise_labels, class_labels], or build it with `label_dropout > 0` to give it a null class."
+        )
+    return inputs[0], inputs[1], None
+
+
+def null_class_labels(x, num_classes):
+    """The null class `num_classes` for each sample of the batch `x`, int32 `(batch,)`."""
+    return ops.full((ops.shape(x)[0],), num_classes, dtype="int32")
+
+
+def sincos_position_embedding_2d(output_dim, grid_height, grid_width):
+    """The fixed 2-D sine-cosine embedding of a grid of patches, `(grid_height * grid_width, output_dim)` float32.
+
+    Patches in row-major order (token `i * grid_width + j` is row i, column
+    j). The first half of each vector encodes the column j, the second half
+    the row i, each as `[sin(p w_0), ..., sin(p w_{n-1}), cos(p w_0), ...]`
+    with n = output_dim / 4 and w_k = 10000^(-k / n); computed in float64,
+    then rounded (MAE's `get_2d_sincos_pos_embed`, which DiT uses).
+
+    Example:
+    >>> sincos_position_embedding_2d(64, 4, 4).shape
+    (16, 64)
+
+    Reference: `docs/reference.md` "DiT" (position embedding).
+    """
+    if output_dim % 4:
+        raise ValueError(f"A 2-D sine-cosine embedding needs a width divisible by 4; received {output_dim}.")
+    frequencies = 1.0 / 10000 ** (np.arange(output_dim // 4, dtype=np.float64) / (output_dim // 4))
+    rows, columns = np.meshgrid(np.arange(grid_height), np.arange(grid_width), indexing="ij")
+
+    def encode(positions):
+        angles = np.outer(positions.reshape(-1).astype(np.float64), frequencies)
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([encode(columns), encode(rows)], axis=1).astype(np.float32)

@@ -20,6 +20,7 @@ from keras_lct import losses
 from keras_lct import schedules
 from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_choice
+from keras_lct._validation import check_class_labels
 from keras_lct._validation import check_float_data
 from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
@@ -38,7 +39,7 @@ from keras_lct.models.ema import check_decay
 from keras_lct.models.schedule_state import TD_STATISTICS
 from keras_lct.models.schedule_state import ScheduleState
 from keras_lct.models.schedule_state import model_state_variable
-from keras_lct.models.unet import UNet
+from keras_lct.models.presets import network_from_preset
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
@@ -86,9 +87,12 @@ class ConsistencyModel(keras.Model):
     Args:
         network: the denoiser F, a Keras layer called as
             `network([x, c_noise])` with x shaped like the data and c_noise of
-            shape (batch,), returning an output shaped like x; or the name of
-            a `keras_lct.models.UNET_PRESETS` entry, built for the data shape
-            at `build`. Defaults to the paper's `"celeba256"` UNet.
+            shape (batch,), returning an output shaped like x (a network with
+            `num_classes > 0` is called as `network([x, c_noise, labels])`:
+            the model is then class-conditional, see `fit` and `sample`); or
+            the name of a `keras_lct.models.NETWORK_PRESETS` entry (a UNet or
+            a DiT), built for the data shape at `build`. Defaults to the
+            paper's `"celeba256"` UNet.
         loss: the robust distance, one of `"cauchy"`, `"pseudo_huber"`,
             `"geman_mcclure"`, `"l2"`.
         diffusion_fraction: r, the lowest-noise fraction of grid indices that
@@ -164,7 +168,7 @@ class ConsistencyModel(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(network, (str, keras.layers.Layer)):
             raise ValueError(
-                "`network` must be a Keras layer or the name of a UNet preset; "
+                "`network` must be a Keras layer or the name of a UNet or DiT preset; "
                 f"received {network!r}."
             )
         self.network = network
@@ -209,12 +213,7 @@ class ConsistencyModel(keras.Model):
     def build(self, input_shape):
         data_shape = _data_shape(input_shape)
         if isinstance(self.network, str):
-            self.network = UNet.from_preset(
-                self.network,
-                img_resolution=data_shape[1],
-                in_channels=data_shape[-1],
-                out_channels=data_shape[-1],
-            )
+            self.network = network_from_preset(self.network, data_shape[1:])
         self.data_shape = tuple(data_shape[1:])
         if self.latent_normalization is not None:
             if not self.latent_normalization.built:
@@ -241,9 +240,11 @@ class ConsistencyModel(keras.Model):
 
     def _build_network(self, data_shape):
         x = keras.KerasTensor((None,) + tuple(data_shape[1:]))
-        noise_labels = keras.KerasTensor((None,))
+        inputs = [x, keras.KerasTensor((None,))]
+        if self.num_classes:
+            inputs.append(keras.KerasTensor((None,), dtype="int32"))
         try:
-            output = self.network([x, noise_labels])
+            output = self.network(inputs)
         except ValueError as error:
             raise ValueError(
                 f"The network cannot take data of shape {tuple(data_shape[1:])} "
@@ -257,42 +258,98 @@ class ConsistencyModel(keras.Model):
             )
 
     # ------------------------------------------------------------ the model f
-    def denoise(self, x_noisy, sigma, training=False):
-        """The consistency function f(x, sigma) with the current weights.
+    def denoise(self, x_noisy, sigma, training=False, labels=None):
+        """The consistency function f(x, sigma) (or f(x, sigma, y)) with the current weights.
 
         Args:
             x_noisy: noisy samples, shaped like the data with a batch axis.
             sigma: noise levels, shape (batch,) (or a scalar).
             training: whether the network runs in training mode.
+            labels: class labels, int `(batch,)`, for a class-conditional
+                network; `num_classes` is the null class (no label).
 
         Returns:
             float32 estimate of the clean samples.
         """
-        return self._denoise_with(self.network, x_noisy, sigma, training)
+        return self._denoise_with(self.network, x_noisy, sigma, training, labels)
 
-    def _denoise_with(self, network, x_noisy, sigma, training):
+    def _denoise_with(self, network, x_noisy, sigma, training, labels=None):
         x_noisy = ops.cast(x_noisy, "float32")
         sigma = ops.cast(sigma, "float32") * ops.ones((ops.shape(x_noisy)[0],), "float32")
         c_skip, c_out, c_in, c_noise = schedules.precondition(sigma, self.sigma_data, self.sigma_min)
-        network_output = network([_per_sample(c_in, x_noisy) * x_noisy, c_noise], training=training)
+        inputs = [_per_sample(c_in, x_noisy) * x_noisy, c_noise]
+        if labels is not None:
+            inputs.append(ops.cast(labels, "int32"))
+        network_output = network(inputs, training=training)
         return _per_sample(c_skip, x_noisy) * x_noisy + _per_sample(c_out, x_noisy) * ops.cast(
             network_output, "float32"
         )
 
     def call(self, inputs, training=False):
         if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
+            if len(inputs) not in (2, 3):
                 raise ValueError(
-                    "Call a ConsistencyModel on a batch x or on a pair [x_noisy, sigma]; "
-                    f"received {len(inputs)} inputs."
+                    "Call a ConsistencyModel on a batch x, on a pair [x_noisy, sigma] or, class-conditional, "
+                    f"on [x_noisy, sigma, labels]; received {len(inputs)} inputs."
                 )
-            return self.denoise(inputs[0], inputs[1], training=training)
+            return self.denoise(inputs[0], inputs[1], training=training, labels=inputs[2] if len(inputs) == 3 else None)
         return inputs
+
+    # ------------------------------------------------------------ class labels
+    @property
+    def num_classes(self):
+        """The classes of the network's labels; 0 for an unconditional network."""
+        return int(getattr(self.network, "num_classes", 0) or 0)
+
+    @property
+    def label_dropout(self):
+        """The share of training labels replaced by the null class (the network's `label_dropout`)."""
+        return float(getattr(self.network, "label_dropout", 0.0) or 0.0)
+
+    def _batch_labels(self, x, y, sample_weight):
+        """(noise, labels) of a batch: `(x0, z, labels)` batches put the labels in `sample_weight`, `fit(x0, labels)` in `y`."""
+        labels = sample_weight
+        if labels is None and y is not None and "int" in keras.backend.standardize_dtype(y.dtype):
+            y, labels = None, y
+        if labels is None:
+            if self.num_classes:
+                raise ValueError(
+                    f"This ConsistencyModel's network is class-conditional ({self.num_classes} classes), but the "
+                    "batch has no labels. Train it on `NoisePairedDataset(x0, labels=labels)` batches "
+                    "(x0, z, labels), or `fit(x0, labels)`."
+                )
+            return y, None
+        if not self.num_classes:
+            raise ValueError(
+                "The batch has class labels, but this ConsistencyModel's network is unconditional. Build the "
+                "network with `num_classes=K` (e.g. `DiT.from_preset(..., num_classes=K)`) to train on labels, "
+                "or leave the labels out."
+            )
+        dtype = keras.backend.standardize_dtype(labels.dtype)
+        if "int" not in dtype:
+            raise ValueError(
+                f"The batch's class labels have dtype {dtype}; class labels are integers 0..{self.num_classes - 1}."
+            )
+        if len(labels.shape) != 1 or None not in (labels.shape[0], x.shape[0]) and labels.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"The batch's class labels have shape {tuple(labels.shape)} for {x.shape[0]} samples; expected "
+                "one label per sample, of shape (batch,)."
+            )
+        return y, labels
+
+    def _dropped_labels(self, labels, share, shares):
+        """`labels` with this step's label-dropout draw replaced by the null class (`num_classes`)."""
+        if not self.label_dropout:
+            return labels
+        batch = ops.shape(labels)[0]
+        uniform = _share_of(keras.random.uniform((batch * shares,), seed=self.seed_generator), share, shares, batch)
+        return ops.where(uniform < self.label_dropout, ops.cast(self.num_classes, "int32"), ops.cast(labels, "int32"))
 
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         check_float_data(keras.backend.standardize_dtype(x.dtype), "The training batch")
         x = checks.check_training_batch(x, self.data_shape)
+        y, labels = self._batch_labels(x, y, sample_weight)
         if y is not None:
             y = checks.check_training_batch(y, self.data_shape, "noise batch")
         clean = ops.cast(x, "float32")
@@ -304,18 +361,21 @@ class ConsistencyModel(keras.Model):
         shares = micro_batches * replicas
         share = micro_batch * replicas + replica
         noise, index, update_index = self._training_draws(clean, y, step, num_scales, share, shares)
+        if labels is not None:
+            # One draw for the student and its target: both see the same (possibly null) class.
+            labels = self._dropped_labels(labels, share, shares)
         t = self._sigma(index, num_scales)
         next_t = self._sigma(index + 1, num_scales)
 
         # The student's backward is where the replicas' gradients are averaged (torch: DDP's buckets).
         student = self._denoise_with(
             self._step_network(engine.gradient_synchronized(self.network)), clean + _per_sample(t, clean) * noise, t,
-            training=True,
+            training=True, labels=labels,
         )
         with fast_paths.no_gradient():
             target = ops.stop_gradient(
                 self._denoise_with(self._step_network(self.network), clean + _per_sample(next_t, clean) * noise, next_t,
-                                   training=True)
+                                   training=True, labels=labels)
             )
         distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
         consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
@@ -369,22 +429,18 @@ class ConsistencyModel(keras.Model):
             ops.cast(ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * 4]), self.seed_generator.state.dtype)
         )
         batch = ops.shape(clean)[0]
-
-        def this_share(values):
-            if shares == 1:
-                return values
-            start = ops.cast(share, "int32") * batch
-            return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(ops.shape(values)[1:]))
-
         if noise is None:
             # ops.shape: tensorflow may trace with unknown sample dimensions.
-            noise = this_share(keras.random.normal((batch * shares,) + tuple(ops.shape(clean)[1:]), seed=self.seed_generator))
+            noise = _share_of(
+                keras.random.normal((batch * shares,) + tuple(ops.shape(clean)[1:]), seed=self.seed_generator),
+                share, shares, batch,
+            )
         probabilities = schedules.lognormal_index_probabilities(
             num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
         )
         uniform = keras.random.uniform((batch * shares,), seed=self.seed_generator)
         update_indices = schedules.sample_from_probabilities(probabilities, uniform)
-        return ops.cast(noise, "float32"), this_share(update_indices), update_indices
+        return ops.cast(noise, "float32"), _share_of(update_indices, share, shares, batch), update_indices
 
     def _step_network(self, network):
         """`network`, or on torch with `jit_compile` on, its call compiled by torch.compile (`keras_lct.backend.compiled`)."""
@@ -430,7 +486,7 @@ class ConsistencyModel(keras.Model):
             )
 
     # ---------------------------------------------------------------- sampling
-    def sample(self, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0):
+    def sample(self, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0, labels=None):
         """Draws samples with 1, 2 or more network evaluations (`keras_lct.models.sampler`).
 
         `x = f(sigma_max z, sigma_max)`; then for every further level s of
@@ -448,6 +504,10 @@ class ConsistencyModel(keras.Model):
             ema: True for the first EMA weights, a decay from `ema_decays`
                 for that EMA, or False for the online weights.
             verbose: passed to `predict` (0 silent, 1 progress bar).
+            labels: for a class-conditional model, the class of every sample:
+                an int (all samples) or `num_samples` ints. None samples
+                without labels (the null class), which a model trained with
+                label dropout can do. An unconditional model takes none.
 
         Returns:
             NumPy float32 array `(num_samples, *data_shape)`.
@@ -455,7 +515,35 @@ class ConsistencyModel(keras.Model):
         Reference: `docs/reference.md` "Sampling"; paper table 1 (1 and 2 NFE).
         """
         self._require_built("sample")
-        return sampler.sample(self, num_samples, steps, ts, seed, batch_size, ema, verbose)
+        return sampler.sample(self, num_samples, steps, ts, seed, batch_size, ema, verbose, labels)
+
+    def sampling_labels(self, num_samples, labels=None):
+        """The int32 labels `sample` gives the network: `labels` checked, or the null class; None if unconditional.
+
+        Raises:
+            ValueError: labels for an unconditional model, no labels for a
+                conditional model trained without label dropout (it has no
+                unconditional mode), float labels, labels out of range or of
+                another count than `num_samples`.
+        """
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError(
+                    "This model is unconditional: it samples without labels. Leave `labels` out, or train a "
+                    "class-conditional model (a network with num_classes > 0)."
+                )
+            return None
+        if labels is None:
+            if not self.label_dropout:
+                raise ValueError(
+                    f"This model is class-conditional ({self.num_classes} classes) and was trained without label "
+                    "dropout, so it has no unconditional mode: pass `labels` (an int, or one per sample)."
+                )
+            return np.full((num_samples,), self.num_classes, np.int32)
+        labels = np.asarray(labels)
+        if labels.ndim == 0:
+            labels = np.full((num_samples,), labels)
+        return check_class_labels(labels, self.num_classes, num_samples, "The sampling labels")
 
     # ---------------------------------------------------------------- fit
     def fit(
@@ -495,7 +583,8 @@ class ConsistencyModel(keras.Model):
         (`keras_lct.backend.fit_guards.interrupts_delivered`).
         """
         process.keep_large_allocations_on_the_heap()
-        for array in (x, y):
+        labels = self._check_fit_labels(x, y, sample_weight)
+        for array in (x, y if labels is None else None):
             if isinstance(array, np.ndarray) or checks.is_tensor(array):
                 checks.check_samples(checks.to_numpy(array))
         checked = checks.checked_batches(x)
@@ -520,6 +609,33 @@ class ConsistencyModel(keras.Model):
                 steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                 validation_batch_size=validation_batch_size, validation_freq=validation_freq,
             )
+
+    def _check_fit_labels(self, x, y, sample_weight):
+        """The labels of array data or of a `NoisePairedDataset`, checked against the network; None if none."""
+        if isinstance(x, NoisePairedDataset):
+            labels = getattr(x, "labels", None)
+        elif isinstance(x, np.ndarray) or checks.is_tensor(x):
+            labels = sample_weight
+            if labels is None and (isinstance(y, np.ndarray) or checks.is_tensor(y)):
+                labels = y if np.issubdtype(checks.to_numpy(y).dtype, np.integer) or len(y.shape) == 1 else None
+        else:
+            return None  # batches of other sources are checked by the step as they come
+        if labels is None:
+            if self.num_classes:
+                raise ValueError(
+                    f"This ConsistencyModel's network is class-conditional ({self.num_classes} classes), but the "
+                    "data has no labels. Pass them: `fit(x0, labels)`, or `NoisePairedDataset(x0, labels=labels)`."
+                )
+            return None
+        if not self.num_classes:
+            raise ValueError(
+                "The data has class labels, but this ConsistencyModel's network is unconditional (num_classes=0). "
+                "Build the network with `num_classes=K` to train on labels, or leave the labels out."
+            )
+        if labels is True:  # a batched source's own labels, checked as they come
+            return labels
+        count = len(x.data) if isinstance(x, NoisePairedDataset) else len(x)
+        return check_class_labels(checks.to_numpy(labels), self.num_classes, count, "The training labels")
 
     # ----------------------------------------------------------- serialization
     def load_own_variables(self, store):
@@ -607,6 +723,14 @@ class ConsistencyModel(keras.Model):
         if isinstance(config.get("latent_normalization"), dict):
             config["latent_normalization"] = keras.layers.deserialize(config["latent_normalization"])
         return cls(**config)
+
+
+def _share_of(values, share, shares, batch):
+    """Rows `share * batch` to `(share + 1) * batch` of draws made for `shares` batches (all of them if 1)."""
+    if shares == 1:
+        return values
+    start = ops.cast(share, "int32") * batch
+    return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(ops.shape(values)[1:]))
 
 
 def _per_sample(values, like):

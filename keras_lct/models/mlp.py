@@ -9,17 +9,23 @@ class MLPDenoiser(keras.Model):
     """A residual MLP F(x, c_noise) for data shaped (batch, dim).
 
     The noise label c_noise = 250 ln(sigma) is scaled to ln(sigma), mapped by
-    a SiLU MLP to an embedding and added to every hidden layer.
+    a SiLU MLP to an embedding and added to every hidden layer; with
+    `num_classes`, a learned embedding of the class label is added to it.
 
     Args:
         data_dim: the number of features of one sample.
         width: hidden width.
         depth: number of hidden residual layers.
+        num_classes: classes of the labels (0: unconditional).
+        label_dropout: the share of training labels the ConsistencyModel
+            replaces by the null class `num_classes` (> 0 gives the null
+            class its own embedding).
         **kwargs: passed to `keras.Model`.
 
     Call arguments:
         inputs: `[x, noise_labels]`, x of shape (batch, data_dim) and
-            noise_labels of shape (batch,).
+            noise_labels of shape (batch,); with `num_classes`,
+            `[x, noise_labels, class_labels]` (int, (batch,)).
         training: unused; kept for a uniform network signature.
 
     Example:
@@ -30,11 +36,18 @@ class MLPDenoiser(keras.Model):
     Reference: the denoiser F of paper eq. 2, for vector data.
     """
 
-    def __init__(self, data_dim, width=128, depth=3, **kwargs):
+    def __init__(self, data_dim, width=128, depth=3, num_classes=0, label_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.data_dim = data_dim
         self.width = width
         self.depth = depth
+        self.num_classes = num_classes
+        self.label_dropout = label_dropout
+        self.class_embedding = (
+            keras.layers.Embedding(num_classes + (label_dropout > 0), width, name="class_embedding")
+            if num_classes
+            else None
+        )
         self.input_projection = keras.layers.Dense(width, name="input_projection")
         self.embedding_layers = [
             keras.layers.Dense(width, activation="silu", name="embedding_0"),
@@ -44,7 +57,7 @@ class MLPDenoiser(keras.Model):
         self.output_projection = keras.layers.Dense(data_dim, kernel_initializer="zeros", name="output_projection")
 
     def build(self, input_shape):
-        x_shape, _ = input_shape
+        x_shape = input_shape[0]
         if x_shape[-1] != self.data_dim:
             raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) received samples of shape {tuple(x_shape[1:])}.")
         self.input_projection.build(x_shape)
@@ -53,12 +66,20 @@ class MLPDenoiser(keras.Model):
         for layer in self.hidden_layers:
             layer.build((None, self.width))
         self.output_projection.build((None, self.width))
+        if self.class_embedding is not None:
+            self.class_embedding.build((None,))
 
     def call(self, inputs, training=None):
-        x, noise_labels = inputs
+        x, noise_labels = inputs[:2]
         embedding = ops.reshape(noise_labels / 250.0, (-1, 1))
         for layer in self.embedding_layers:
             embedding = layer(embedding)
+        if self.class_embedding is None and len(inputs) > 2:
+            raise ValueError("This MLPDenoiser is unconditional (num_classes=0): call it on [x, noise_labels].")
+        if self.class_embedding is not None:
+            if len(inputs) < 3:
+                raise ValueError("This MLPDenoiser is class-conditional: call it on [x, noise_labels, class_labels].")
+            embedding = embedding + self.class_embedding(inputs[2])
         hidden = self.input_projection(x)
         for layer in self.hidden_layers:
             hidden = hidden + layer(ops.silu(hidden + embedding))
@@ -69,5 +90,13 @@ class MLPDenoiser(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"data_dim": self.data_dim, "width": self.width, "depth": self.depth})
+        config.update(
+            {
+                "data_dim": self.data_dim,
+                "width": self.width,
+                "depth": self.depth,
+                "num_classes": self.num_classes,
+                "label_dropout": self.label_dropout,
+            }
+        )
         return config

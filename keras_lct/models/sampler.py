@@ -67,11 +67,12 @@ def sampling_levels(model, steps=1, ts=None):
     return levels
 
 
-def sample(model, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0):
+def sample(model, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0, labels=None):
     """Draws samples from a built `ConsistencyModel`; see `ConsistencyModel.sample`."""
     num_samples = check_int("num_samples", num_samples, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     levels = sampling_levels(model, steps, ts)
+    labels = model.sampling_labels(num_samples, labels)
     rng = np.random.default_rng(check_seed("seed", seed, allow_none=True))
     shape = (num_samples,) + model.data_shape
     if ema is False or (ema is True and not model.ema_decays):
@@ -80,13 +81,13 @@ def sample(model, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=T
         weights = model.ema.weights_in_network(None if ema is True else ema)
     with weights:
         x = levels[0] * rng.standard_normal(shape, dtype=np.float32)
-        x = _denoise(model, x, levels[0], batch_size, verbose)
+        x = _denoise(model, x, levels[0], labels, batch_size, verbose)
         for level in levels[1:]:
             x = x + math.sqrt(level**2 - model.sigma_min**2) * rng.standard_normal(shape, dtype=np.float32)
-            x = _denoise(model, x, level, batch_size, verbose)
+            x = _denoise(model, x, level, labels, batch_size, verbose)
     return x
 
 
-def _denoise(model, x, sigma, batch_size, verbose):
-    sigmas = np.full((x.shape[0],), sigma, dtype=np.float32)
-    return np.asarray(model.predict([x, sigmas], batch_size=batch_size, verbose=verbose), dtype=np.float32)
+def _denoise(model, x, sigma, labels, batch_size, verbose):
+    inputs = [x, np.full((x.shape[0],), sigma, dtype=np.float32)] + ([] if labels is None else [labels])
+    return np.asarray(model.predict(inputs, batch_size=batch_size, verbose=verbose), dtype=np.float32)

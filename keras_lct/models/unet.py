@@ -9,7 +9,11 @@ from keras import ops
 
 from keras_lct.layers.core import conv2d
 from keras_lct.layers.core import dense
+from keras_lct.layers.embedding import ClassEmbedding
 from keras_lct.layers.embedding import PositionalEmbedding
+from keras_lct.layers.embedding import check_class_arguments
+from keras_lct.layers.embedding import null_class_labels
+from keras_lct.layers.embedding import split_conditional_inputs
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
 from keras_lct.layers.unet_blocks import UNetBlock
@@ -27,10 +31,12 @@ UNET_PRESETS = {
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class UNet(keras.Model):
-    """The ADM UNet denoiser F(x, c_noise) of latent consistency training.
+    """The ADM UNet denoiser F(x, c_noise) of latent consistency training, or F(x, c_noise, y).
 
     Noise labels go through a sinusoidal embedding and a 2-layer SiLU MLP
-    (width `model_channels * channel_mult_emb`). The encoder starts with a
+    (width `model_channels * channel_mult_emb`); with `num_classes > 0`, a
+    class embedding (EDM's `map_label`: a bias-free linear layer on the
+    one-hot label) is added before the MLP's last SiLU. The encoder starts with a
     3x3 convolution, then per level a downsampling block (after level 0)
     and `num_blocks` blocks; the decoder starts with two blocks at the
     lowest level (the first with attention) or an upsampling block, then
@@ -53,12 +59,20 @@ class UNet(keras.Model):
         norm: `"nsln"` (the paper's), `"group"`, `"instance"`, `"layer"` or
             `"rms"` (table 2d).
         channels_per_head: attention head width (64).
+        num_classes: classes of the labels; 0 for an unconditional network.
+        label_dropout: the share of training labels the ConsistencyModel
+            replaces by the null class `num_classes`; > 0 lets the network
+            take the null class, whose embedding is zero (EDM's all-zero
+            one-hot label). The network itself never drops labels.
         **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
         inputs: `[x, noise_labels]`, x of shape
             `(batch, img_resolution, img_resolution, in_channels)` and
-            noise_labels of shape `(batch,)`.
+            noise_labels of shape `(batch,)`; for a class-conditional network
+            `[x, noise_labels, class_labels]`, int labels of shape `(batch,)`
+            (label `num_classes`: no label), or `[x, noise_labels]` for the
+            null class when it has one (`label_dropout > 0`).
         training: enables dropout.
 
     Example:
@@ -84,6 +98,8 @@ class UNet(keras.Model):
         dropout=0.0,
         norm="nsln",
         channels_per_head=64,
+        num_classes=0,
+        label_dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -98,6 +114,7 @@ class UNet(keras.Model):
         self.dropout = dropout
         self.norm = normalization_name(norm)
         self.channels_per_head = channels_per_head
+        self.num_classes, self.label_dropout = check_class_arguments(num_classes, label_dropout, "UNet")
         self._check_arguments()
 
         policy = self.dtype_policy
@@ -108,6 +125,18 @@ class UNet(keras.Model):
         self.map_noise = PositionalEmbedding(model_channels, name="map_noise", dtype=policy)
         self.map_layer0 = dense(emb_channels, model_channels, name="map_layer0", dtype=policy)
         self.map_layer1 = dense(emb_channels, emb_channels, name="map_layer1", dtype=policy)
+        self.map_label = (
+            ClassEmbedding(
+                self.num_classes,
+                emb_channels,
+                null_class="zero" if self.label_dropout else None,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="map_label",
+                dtype=policy,
+            )
+            if self.num_classes
+            else None
+        )
 
         self.encoder = []
         channels = in_channels
@@ -190,7 +219,8 @@ class UNet(keras.Model):
         return layer.out_channels if isinstance(layer, UNetBlock) else layer.filters
 
     def build(self, input_shape):
-        x_shape, _ = input_shape
+        split_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This UNet")
+        x_shape = input_shape[0]
         expected = (self.img_resolution, self.img_resolution, self.in_channels)
         if tuple(x_shape[1:]) != expected:
             raise ValueError(f"This UNet takes inputs of shape {expected}; received {tuple(x_shape[1:])}.")
@@ -198,6 +228,8 @@ class UNet(keras.Model):
         self.map_noise.build((None,))
         self.map_layer0.build((None, self.model_channels))
         self.map_layer1.build(emb_shape)
+        if self.map_label is not None:
+            self.map_label.build((None,))
         shape, skips = tuple(x_shape), []
         for layer in self.encoder:
             if isinstance(layer, UNetBlock):
@@ -216,9 +248,15 @@ class UNet(keras.Model):
         self.out_conv.build(shape)
 
     def call(self, inputs, training=None):
-        x, noise_labels = inputs
+        x, noise_labels, class_labels = split_conditional_inputs(
+            inputs, self.num_classes, self.label_dropout, "This UNet"
+        )
         emb = self.map_noise(ops.reshape(noise_labels, (-1,)))
-        emb = ops.silu(self.map_layer1(ops.silu(self.map_layer0(emb))))
+        emb = self.map_layer1(ops.silu(self.map_layer0(emb)))
+        if self.map_label is not None:
+            labels = null_class_labels(x, self.num_classes) if class_labels is None else class_labels
+            emb = emb + self.map_label(labels)
+        emb = ops.silu(emb)
         skips = []
         for layer in self.encoder:
             x = layer(x, emb, training=training) if isinstance(layer, UNetBlock) else layer(x)
@@ -230,7 +268,7 @@ class UNet(keras.Model):
         return self.out_conv(ops.silu(self.out_norm(x)))
 
     def compute_output_shape(self, input_shape):
-        x_shape, _ = input_shape
+        x_shape = input_shape[0]
         return tuple(x_shape[:-1]) + (self.out_channels,)
 
     def get_config(self):
@@ -248,6 +286,8 @@ class UNet(keras.Model):
                 "dropout": self.dropout,
                 "norm": self.norm,
                 "channels_per_head": self.channels_per_head,
+                "num_classes": self.num_classes,
+                "label_dropout": self.label_dropout,
             }
         )
         return config
