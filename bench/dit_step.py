@@ -396,13 +396,29 @@ def worker_keras(opts):
 
 
 # =============================================================================== profile (torch)
-def torch_profile_table(step, repeats):
+def profiled(run, steps):
+    """`run()` (`steps` training steps) under torch's profiler, then under cProfile: the top ops by
+    self time, the wall and the ops' summed self time per step (the rest is Python and framework
+    work between ops), and the top Python functions by own time."""
+    import cProfile
+    import io
+    import pstats
+
     import torch
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        for _ in range(repeats):
-            step()
-    return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        start = time.perf_counter()
+        run()
+        wall = time.perf_counter() - start
+    averages = profiler.key_averages()
+    python_profile = cProfile.Profile()
+    python_profile.runcall(run)
+    text = io.StringIO()
+    pstats.Stats(python_profile, stream=text).sort_stats("tottime").print_stats(15)
+    return {"torch_profiler": averages.table(sort_by="self_cpu_time_total", row_limit=15),
+            "profiled_wall_s_per_step": wall / steps,
+            "ops_self_cpu_s_per_step": sum(event.self_cpu_time_total for event in averages) / 1e6 / steps,
+            "cprofile_tottime": text.getvalue()}
 
 
 def profile_authors(opts):
@@ -411,7 +427,7 @@ def profile_authors(opts):
 
     torch.set_num_threads(opts.threads)
     trainer = ReferenceTrainer(opts, "single")
-    x, y = reference_batches(opts, 2 * (opts.warmup + opts.steps))
+    x, y = reference_batches(opts, 3 * (opts.warmup + opts.steps))
     position = iter(range(len(x)))
     diffusion, denoise, timers, active = trainer.diffusion, trainer.diffusion.denoise, {}, {"on": False}
 
@@ -436,9 +452,14 @@ def profile_authors(opts):
         if active["on"]:
             timers.setdefault("step (total)", []).append(time.perf_counter() - start)
     active["on"] = False
-    return {"components_median_s": {key: statistics.median(value) for key, value in timers.items()},
-            "torch_profiler": torch_profile_table(step, opts.warmup + opts.steps),
-            "profiled": f"{opts.warmup + opts.steps} loop iterations"}
+    steps = opts.warmup + opts.steps
+
+    def run():
+        for _ in range(steps):
+            step()
+
+    return dict(profiled(run, steps), components_median_s={key: statistics.median(value) for key, value in
+                                                            timers.items()}, profiled=f"{steps} loop iterations")
 
 
 def profile_keras(opts):
@@ -492,10 +513,10 @@ def profile_keras(opts):
     model.fit(batches, epochs=1, verbose=0, callbacks=curriculum_callbacks() + [Switch()])
     active["on"] = False
     components = {key: statistics.median(value) for key, value in timers.items()}
-    # A second fit over the same batches, warm, under torch's profiler.
-    table = torch_profile_table(lambda: model.fit(batches, epochs=1, verbose=0, callbacks=curriculum_callbacks()), 1)
-    return {"components_median_s": components, "torch_profiler": table,
-            "profiled": f"one fit of {opts.warmup + opts.steps} steps"}
+    # Warm fits over the same batches (fit's own start and end included).
+    profile = profiled(lambda: model.fit(batches, epochs=1, verbose=0, callbacks=curriculum_callbacks()),
+                       opts.warmup + opts.steps)
+    return dict(profile, components_median_s=components, profiled=f"one fit of {opts.warmup + opts.steps} steps")
 
 
 # =============================================================================== driver
@@ -543,6 +564,30 @@ def ratios(rows):
     return rows
 
 
+def summary(rows):
+    """Per configuration and implementation: the median over rounds of s/step and of each round's ratio."""
+    lines = ["Summary: medians over the rounds (each ratio taken within its round); the per-round rows follow.", "",
+             "| config | implementation | rounds | median s/step | samples/s | ratio vs authors (1 EMA) "
+             "| per-round range | ratio vs authors (7 EMA) |", "|" + "---|" * 8]
+    for config in sorted({row["config"] for row in rows}, key=lambda name: (not name.endswith("unconditional"), name)):
+        for implementation in IMPLEMENTATIONS:
+            for variant in sorted({row["variant"] for row in rows if row["implementation"] == implementation}):
+                chosen = [row for row in rows if row["config"] == config and row["implementation"] == implementation
+                          and row["variant"] == variant]
+                if not chosen:
+                    continue
+                step = statistics.median(row["median_s"] for row in chosen)
+                ratio_1, ratio_7 = ([row[key] for row in chosen if row.get(key) is not None]
+                                    for key in ("ratio_vs_authors_1ema", "ratio_vs_authors_script"))
+                name = implementation if implementation == "authors" else f"keras-lct {implementation}"
+                lines.append(
+                    f"| {config} | {name}, {variant} | {len(chosen)} | {step:.3f} | {chosen[0]['batch'] / step:.1f} "
+                    f"| {fmt(statistics.median(ratio_1) if ratio_1 else None, '.2f')} "
+                    f"| {f'{min(ratio_1):.2f}-{max(ratio_1):.2f}' if ratio_1 else '-'} "
+                    f"| {fmt(statistics.median(ratio_7) if ratio_7 else None, '.2f')} |")
+    return lines
+
+
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -561,7 +606,9 @@ def markdown(document):
              "| ratio vs authors (1 EMA) | ratio vs authors (7 EMA) | first step s | peak RSS MB |",
              "|" + "---|" * 12]
     order = {name: index for index, name in enumerate(IMPLEMENTATIONS)}
-    for row in sorted(rows, key=lambda r: (r["round"], r["config"], order[r["implementation"]], r["variant"])):
+    lines[-2:-2] = summary(rows) + [""]
+    for row in sorted(rows, key=lambda r: (not r["config"].endswith("unconditional"), r["round"], r["config"],
+                                            order[r["implementation"]], r["variant"])):
         lines.append(
             f"| {row['round']} | {row['config']} | {row['implementation']} | {row['variant']} | {row['parameters']:,} "
             f"| {row['median_s']:.3f} | {row['min_s']:.3f}-{row['max_s']:.3f} | {row['samples_per_s']:.1f} "
@@ -581,7 +628,10 @@ def markdown(document):
     for name, report in document.get("profile", {}).items():
         lines += ["", f"## Profile, torch: {name}", ""]
         lines += [f"- {key}: {value:.4f} s" for key, value in report["components_median_s"].items()]
-        lines += ["", f"torch.profiler over {report['profiled']}:", "", "```", report["torch_profiler"].rstrip(), "```"]
+        lines += ["", f"torch.profiler over {report['profiled']}: {report['profiled_wall_s_per_step']:.3f} s wall per "
+                  f"step, of which {report['ops_self_cpu_s_per_step']:.3f} s in torch ops (their summed self time)",
+                  "", "```", report["torch_profiler"].rstrip(), "```", "", "cProfile, the same steps again:", "",
+                  "```", report["cprofile_tottime"].strip(), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -595,7 +645,7 @@ def versions(python):
 
 
 def timm_version(scratch):
-    for name in os.listdir(scratch):
+    for name in os.listdir(scratch) if os.path.isdir(scratch) else ():
         if name.startswith("timm-") and name.endswith(".dist-info"):
             return name[len("timm-"):-len(".dist-info")]
     raise SystemExit(f"No timm in --scratch {scratch!r}: pip install --no-deps --target {scratch} timm einops")
@@ -621,6 +671,7 @@ def parse_args():
     parser.add_argument("--conditional", action="store_true",
                         help=f"{CONDITIONAL_CLASSES} classes, label dropout {LABEL_DROPOUT} on both sides")
     parser.add_argument("--profile", action="store_true", help="profile a torch step on both sides (no timing rows)")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the markdown from --output's JSON")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "dit_step_cpu.json"),
                         help="JSON to write or merge into; the markdown goes beside it")
     parser.add_argument("--worker", choices=["keras", "authors", "profile-keras", "profile-authors"],
@@ -644,11 +695,15 @@ def main():
         with open(opts.result, "w") as file:
             json.dump(worker(opts), file)
         return
-    timm = timm_version(opts.scratch)
     document = {"meta": {}, "rows": [], "profile": {}}
     if os.path.exists(opts.output):
         with open(opts.output) as file:
             document = json.load(file)
+    if opts.report_only:
+        with open(os.path.splitext(opts.output)[0] + ".md", "w") as file:
+            file.write(markdown(document))
+        return
+    timm = timm_version(opts.scratch)
     os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="lct-dit-step-")
     log = os.path.splitext(opts.output)[0] + ".log"
@@ -675,7 +730,7 @@ def main():
                     payload = run_worker(opts, kind, implementation, scratch, ref, stubs, log)
                     if not payload:
                         continue
-                    rows = [dict(run, round=round_index, config=config, implementation=implementation,
+                    rows = [dict(run, round=round_index, config=config, batch=opts.batch, implementation=implementation,
                                  threads=payload["threads"], jit_compile=payload.get("jit_compile"),
                                  process_wall_s=payload["process_wall_s"]) for run in payload["runs"]]
                     for row in rows:

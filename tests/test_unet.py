@@ -18,6 +18,7 @@ from keras_lct.data import NoisePairedDataset
 from keras_lct.models import ConsistencyModel
 from keras_lct.models import UNet
 from keras_lct.optimizers import RAdam
+from test_dit import build_shapes_only
 
 # docs/reference.md: trainable parameters of the authors' network (NsLN / GroupNorm).
 PUBLISHED_COUNTS = {"tiny": (2.04e6, 1.37e6), "small": (26.34e6, 24.13e6), "celeba256": (158.36e6, 151.33e6)}
@@ -49,8 +50,7 @@ def test_parameter_counts_equal_the_authors_network_with_and_without_labels(pres
             continue
         labels = dict(num_classes=int(label_dim), label_dropout=0.1) if int(label_dim) else {}
         unet = UNet.from_preset(preset, norm=norm, **labels)
-        with keras.StatelessScope(), use_fast_paths(False):  # variables with shapes only: no memory, no draws
-            unet.build([(None, 32, 32, 4), (None,)] + ([(None,)] if labels else []))
+        build_shapes_only(unet, [(None, 32, 32, 4), (None,)] + ([(None,)] if labels else []))
         assert trainable_count(unet) == count, key
 
 

@@ -389,7 +389,9 @@ class TFDSImages(ImageSource):
         self.manual_dir = manual_dir
         self.image_key = image_key
         self.label_key = label_key
-        self._dataset = self._load()
+        self._dataset, info = self._load()
+        if label_key is not None:
+            self.class_names = self._check_label_feature(info)
         self.num_originals = int(self._dataset.cardinality())
         if self.num_originals <= 0:
             raise ValueError(f"tensorflow-datasets {name!r} split {split!r} holds no images.")
@@ -423,12 +425,13 @@ class TFDSImages(ImageSource):
         if not isinstance(spec, dict) or self.image_key not in spec:
             keys = list(spec) if isinstance(spec, dict) else spec
             raise ValueError(f"tensorflow-datasets {self.name!r} has no feature {self.image_key!r}; features: {keys}.")
-        if self.label_key is not None:
-            self.class_names = self._check_label_feature(spec, info, tfds)
-        return dataset
+        return dataset, info
 
-    def _check_label_feature(self, spec, info, tfds):
+    def _check_label_feature(self, info):
         """The label feature's class names (None if it has none), or a ValueError if it holds no class labels."""
+        import tensorflow_datasets as tfds
+
+        spec = self._dataset.element_spec
         if self.label_key not in spec:
             raise ValueError(
                 f"tensorflow-datasets {self.name!r} has no feature {self.label_key!r} to read labels from; "

@@ -289,7 +289,8 @@ class LatentDecoder:
     """Turns a model's samples into images: denormalize, then the VAE decoder, in batches.
 
     The decoder is compiled once (a functional model run by
-    `predict_on_batch`), so calling this every few epochs costs no retracing.
+    `predict_on_batch` on full batches, the last one padded), so calling
+    this every few epochs, or on any number of samples, costs no retracing.
 
     Args:
         normalization: the `LatentNormalization` of the training latents
@@ -325,8 +326,8 @@ class LatentDecoder:
     def __call__(self, samples):
         latents = self.normalization.denormalize(samples)
         images = [
-            ops.convert_to_numpy(self._decoder.predict_on_batch(latents[start : start + self.batch_size]))
-            for start in range(0, len(latents), self.batch_size)
+            ops.convert_to_numpy(self._decoder.predict_on_batch(_full_batch(batch, self.batch_size)))[: len(batch)]
+            for batch in (latents[start : start + self.batch_size] for start in range(0, len(latents), self.batch_size))
         ]
         return np.clip(np.concatenate(images).astype(np.float32), -1.0, 1.0)
 
@@ -564,12 +565,21 @@ def _compiled_encoder(autoencoder, resolution):
     return keras.Model(images, autoencoder.encode(images))
 
 
+def _full_batch(batch, batch_size):
+    """`batch` padded with zeros to `batch_size` rows (the caller drops their outputs).
+
+    Every call of a compiled function then has one shape: a short last batch would trace it
+    again (on tensorflow, enough such traces print its "triggered tf.function retracing" warning)
+    or compile it again (on jax).
+    """
+    return np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:], batch.dtype)])
+
+
 def _posterior_samples(autoencoder, encoder, images, indices, seed, batch_size):
     """z / s, one posterior sample of each of `images` (float, in [-1, 1]) by its source index."""
-    # A short batch is padded to the full size: one compiled shape for the whole run.
-    padded = np.concatenate([images, np.zeros((batch_size - len(images),) + images.shape[1:], np.float32)])
     mean, logvar = (
-        np.asarray(ops.convert_to_numpy(value), np.float32)[: len(images)] for value in encoder.predict_on_batch(padded)
+        np.asarray(ops.convert_to_numpy(value), np.float32)[: len(images)]
+        for value in encoder.predict_on_batch(_full_batch(images, batch_size))
     )
     noise = np.stack([_posterior_noise(mean.shape[1:], seed, index) for index in indices])
     sample = ops.convert_to_numpy(

@@ -10,7 +10,9 @@ class MLPDenoiser(keras.Model):
 
     The noise label c_noise = 250 ln(sigma) is scaled to ln(sigma), mapped by
     a SiLU MLP to an embedding and added to every hidden layer; with
-    `num_classes`, a learned embedding of the class label is added to it.
+    `num_classes`, a learned embedding of the class label (initialized
+    N(0, 1), as large as the noise embedding, so that a short run learns
+    the classes apart) is added to it.
 
     Args:
         data_dim: the number of features of one sample.
@@ -44,7 +46,10 @@ class MLPDenoiser(keras.Model):
         self.num_classes = num_classes
         self.label_dropout = label_dropout
         self.class_embedding = (
-            keras.layers.Embedding(num_classes + (label_dropout > 0), width, name="class_embedding")
+            keras.layers.Embedding(
+                num_classes + (label_dropout > 0), width, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
+                name="class_embedding",
+            )
             if num_classes
             else None
         )

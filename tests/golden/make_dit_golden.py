@@ -12,8 +12,9 @@ is copied into keras-lct, only the numbers they produce:
   labels;
 - `dit_golden.npz`: for each small configuration, their state_dict (every
   trainable weight random, the zero-initialized ones too, rounded to float16
-  to keep the file small), the shared inputs (x channels_last, the noise
-  labels, the class labels) and their output (channels_last).
+  to keep the file small), their fixed position embedding, the shared inputs
+  (x channels_last, two sets of noise labels, the class labels) and their
+  outputs (channels_last).
 
 Their modules import what they never run here; at import only, stubs stand in
 for: `flash_attn` and `master`'s `models.multihead_flashdiff_2` / `models.rotary`
@@ -77,9 +78,12 @@ CONFIGS = {
         dict(norm="layer", qk_norm=True, epsilon=1e-5, num_classes=NUM_CLASSES, label_dropout=0.1),
     ),
 }
-# Noise labels as the ConsistencyModel feeds them (c_noise = 250 ln sigma, sigma in [0.002, 80]); class labels
-# with the null class NUM_CLASSES in the middle.
-NOISE_LABELS = np.array([-1553.7, 3.25, 1095.5], np.float32)
+# Noise labels (c_noise = 250 ln sigma) near sigma = 1, where float32 holds the timestep embedding's angles
+# c_noise f_j to ~1e-7; and across the whole range sigma in [0.002, 80], where one float32 rounding of an angle
+# near 1500 is ~6e-5 (their frequencies exp(-ln(1e4) j / 128) and keras-lct's (1e-4)^(j / 128) differ in the
+# last bit for most j). Class labels with the null class NUM_CLASSES in the middle.
+NOISE_LABELS = np.array([-7.3, 0.41, 5.2], np.float32)
+FULL_RANGE_NOISE_LABELS = np.array([-1553.7, 3.25, 1095.5], np.float32)
 CLASS_LABELS = np.array([3, NUM_CLASSES, 0], np.int64)
 
 DIT_PRESETS = {"S/2": "DiT-S/2", "S/4": "DiT-S/4", "B/2": "DiT-B/2", "B/4": "DiT-B/4", "L/2": "DiT-L/2",
@@ -205,6 +209,7 @@ def dit_goldens(modules, arrays):
     x = x.astype(np.float32)
     arrays["x"] = x.transpose(0, 2, 3, 1)
     arrays["noise_labels"] = NOISE_LABELS
+    arrays["full_range_noise_labels"] = FULL_RANGE_NOISE_LABELS
     arrays["class_labels"] = CLASS_LABELS.astype(np.int32)
     configs = {}
     for name, (revision, theirs, ours) in CONFIGS.items():
@@ -215,7 +220,9 @@ def dit_goldens(modules, arrays):
         labels = None if "uncond_network" in theirs else torch.from_numpy(CLASS_LABELS)
         with torch.no_grad():
             output = model(torch.from_numpy(x), torch.from_numpy(NOISE_LABELS), labels)
+            full_range = model(torch.from_numpy(x), torch.from_numpy(FULL_RANGE_NOISE_LABELS), labels)
         arrays[f"{name}/output"] = output.numpy().transpose(0, 2, 3, 1)
+        arrays[f"{name}/full_range_output"] = full_range.numpy().transpose(0, 2, 3, 1)
         arrays[f"{name}/pos_embed"] = model.pos_embed.detach().numpy()[0]
         configs[name] = dict(revision=revision, theirs=dict(SMALL, **theirs), ours=ours,
                              output_max_abs=float(np.abs(output.numpy()).max()))
