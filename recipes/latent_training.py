@@ -46,7 +46,8 @@ import sys
 
 # The paper's settings per data set (docs/reference.md "Training setup"); every one
 # can be overridden on the command line.
-_PAPER = dict(network="celeba256", labels=False, ot=True)
+_PAPER = dict(network="celeba256", labels=False, ot=True, clip_gradient_norm=None, optimizer_epsilon=1e-8,
+              reference="paper section 5.1")
 DATASETS = {
     "custom": dict(_PAPER, title="your images", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
     "celeba": dict(_PAPER, title="CelebA-HQ 256", resolution=256, batch_size=128, epochs=1400, flip=False, two_step_level=440),
@@ -54,9 +55,11 @@ DATASETS = {
     "lsun_church": dict(_PAPER, title="LSUN Church 256", resolution=256, batch_size=256, epochs=1800, flip=True,
                         two_step_level=420),
     # docs/reference.md "ImageNet": the authors' class-conditional ImageNet script (batch 640, 140 epochs,
-    # 1000 classes, minibatch OT left off) with the DiT-B/2 their DiT runs train.
+    # 1000 classes, minibatch OT left off, RAdam epsilon 1e-4, gradients clipped at norm 100) with the
+    # DiT-B/2 their DiT runs train.
     "imagenet": dict(title="ImageNet 256, class-conditional", resolution=256, batch_size=640, epochs=140, flip=False,
-                     two_step_level=440, network="DiT-B/2", labels=True, ot=False),
+                     two_step_level=440, network="DiT-B/2", labels=True, ot=False, clip_gradient_norm=100.0,
+                     optimizer_epsilon=1e-4, reference='beyond the paper: docs/reference.md "ImageNet"'),
 }
 WHERE_TO_GET_IMAGES = {
     "custom": "a folder of your own images",
@@ -91,10 +94,11 @@ NETWORK_PRESETS = UNET_PRESETS + DIT_PRESETS
 RUN_IDENTITY = (
     "dataset", "resolution", "flip", "batch_size", "loss", "norm", "network", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
-    "mixed_precision", "accumulate", "labels", "label_dropout",
+    "mixed_precision", "accumulate", "labels", "label_dropout", "clip_gradient_norm", "optimizer_epsilon",
 )
 # What run.json files written before a setting existed mean by it (their "unet" is the network).
-RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1, "labels": False, "label_dropout": 0.1}
+RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1, "labels": False, "label_dropout": 0.1,
+                         "clip_gradient_norm": None, "optimizer_epsilon": 1e-8}
 SMOKE = dict(resolution=128, batch_size=8, epochs=2, ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 SMOKE_NETWORKS = {"unet": "smoke", "dit": "DiT-smoke"}  # the fewest blocks of each family, for --smoke
@@ -103,7 +107,8 @@ SMOKE_NETWORKS = {"unet": "smoke", "dit": "DiT-smoke"}  # the fewest blocks of e
 def parse_args(dataset, argv=None):
     defaults = DATASETS[dataset]
     parser = argparse.ArgumentParser(
-        description=f"Train a latent consistency model on {defaults['title']} (paper section 5.1).\n\n" + __doc__.split("\n\n", 1)[1],
+        description=f"Train a latent consistency model on {defaults['title']} ({defaults['reference']}).\n\n"
+        + __doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = parser.add_argument_group("data")
@@ -156,6 +161,10 @@ def parse_args(dataset, argv=None):
                           help="EMA decay(s) kept for sampling, the first one used (default: %(default)s)")
     training.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate (default: %(default)s)")
     training.add_argument("--weight-decay", type=float, default=1e-4, help="RAdam coupled weight decay (default: %(default)s)")
+    training.add_argument("--optimizer-epsilon", type=float, default=defaults["optimizer_epsilon"],
+                          help="RAdam's epsilon (default: %(default)s)")
+    training.add_argument("--clip-gradient-norm", type=float, default=defaults["clip_gradient_norm"],
+                          help="clip the gradients to this global norm (default: %(default)s, no clipping)")
     training.add_argument("--seed", type=int, default=0, help="seed of the latents, noise and initialization (default: %(default)s)")
 
     scale = parser.add_argument_group("devices and precision")
@@ -306,7 +315,8 @@ def main(dataset="custom", argv=None):
                                      two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
             model.build((None,) + latent_shape)
             accumulation = args.accumulate if args.accumulate > 1 else None
-            model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay,
+            model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay, epsilon=args.optimizer_epsilon,
+                                          global_clipnorm=args.clip_gradient_norm,
                                           gradient_accumulation_steps=accumulation))
     initial_epoch = step_of(model) // updates_per_epoch
     final_epoch = epochs if args.stop_after_epochs is None else min(epochs, initial_epoch + args.stop_after_epochs)

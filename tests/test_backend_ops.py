@@ -14,6 +14,7 @@ from keras import ops
 from keras_lct.backend import fast_paths
 from keras_lct.backend import process
 from keras_lct.layers import Conv2D
+from keras_lct.layers import Dense
 from keras_lct.layers import NonScalingLayerNormalization
 from keras_lct.models import ConsistencyModel
 from keras_lct.models import MLPDenoiser
@@ -100,6 +101,21 @@ def test_conv2d_equals_keras_conv2d(kwargs):
     reference.build(x.shape)
     reference.set_weights(layer.get_weights())
     weights = np.asarray(RNG.normal(size=ops.shape(layer(x))), "float32")
+    fast, plain = both_paths(lambda: ops.sum(ops.multiply(layer(x), weights)), [x] + layer.trainable_variables)
+    assert_close(fast, plain)
+    keras_value, _ = value_and_gradients(lambda: ops.sum(ops.multiply(reference(x), weights)), [x])
+    np.testing.assert_allclose(fast[0], keras_value, rtol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (2, 6, 7)])
+def test_dense_equals_keras_dense(shape):
+    x = keras.Variable(RNG.normal(size=shape).astype("float32"))
+    layer = Dense(4, activation="silu", bias_initializer="glorot_uniform")
+    layer.build(x.shape)
+    reference = keras.layers.Dense(4, activation="silu")
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    weights = np.asarray(RNG.normal(size=shape[:-1] + (4,)), "float32")
     fast, plain = both_paths(lambda: ops.sum(ops.multiply(layer(x), weights)), [x] + layer.trainable_variables)
     assert_close(fast, plain)
     keras_value, _ = value_and_gradients(lambda: ops.sum(ops.multiply(reference(x), weights)), [x])

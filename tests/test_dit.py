@@ -207,12 +207,15 @@ def test_a_drop_in_for_the_unet_in_a_consistency_model():
     assert np.all(np.isfinite(model.sample(2, steps=2, seed=0)))
 
 
-def test_mixed_bfloat16_keeps_weights_and_norm_statistics_in_float32():
+def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_weights_in_float32():
     keras.config.set_dtype_policy("mixed_bfloat16")
-    dit = DiT(**MICRO, norm="nsln")
-    out = dit([np.zeros((2, 8, 8, 4), "float32"), np.array([0.0, 1.0], "float32")])
-    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    dit = DiT(**MICRO, norm="nsln", num_classes=3, label_dropout=0.1)
+    x, noise_labels = np.zeros((2, 8, 8, 4), "float32"), np.array([0.0, 1.0], "float32")
+    for inputs in ([x, noise_labels], [x, noise_labels, np.array([0, 3], "int32")]):
+        out = dit(inputs)
+        assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert all(v.dtype == "float32" for v in dit.weights)
+    assert keras.backend.standardize_dtype(dit.class_embedding(np.array([1, 3])).dtype) == "bfloat16"
 
 
 @pytest.mark.parametrize(

@@ -177,3 +177,10 @@ def test_ablation_documents_its_options_and_says_what_data_it_needs(tmp_path):
     assert result.returncode == 2 and "2-step level" in result.stderr and "rerun it with this version" in result.stderr
     result = run_recipe("ablation.py", "--tables", "3a", timeout=120)
     assert result.returncode == 2 and "invalid choice: '3a'" in result.stderr
+
+
+def test_quickstart_prints_no_retracing_warning(quickstart):
+    # tensorflow warns when 5 of ~10 calls of a function traced it, every model's predict step counting as
+    # one function: the short last batches of LatentDecoder and recipes/common.features traced it again.
+    _, result = quickstart
+    assert "triggered tf.function retracing" not in result.stdout + result.stderr

@@ -81,6 +81,8 @@ def test_class_labels_enter_the_embedding_and_the_null_class_adds_nothing():
     np.testing.assert_allclose(ops.convert_to_numpy(conditional([x, noise_labels, null])), expected, atol=1e-6)
     labelled = ops.convert_to_numpy(conditional([x, noise_labels, np.array([0, 2], "int32")]))
     assert np.abs(labelled - expected).min() > 0
+    keras.config.set_dtype_policy("mixed_bfloat16")  # the null class's zeros in the compute dtype too
+    assert keras.backend.standardize_dtype(UNet(**MICRO, num_classes=3, label_dropout=0.1).map_label(null).dtype) == "bfloat16"
     assert UNet.from_config(conditional.get_config()).get_config() == conditional.get_config()
 
 

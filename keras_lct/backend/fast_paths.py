@@ -14,6 +14,9 @@ tensor per layer instead of two, which lowers the step's peak memory.
   channels_last memory, per convolution, forward and backward. A permuted
   view of a contiguous NHWC tensor already *is* an NCHW tensor in
   channels_last memory, which oneDNN convolves natively: no copy at all.
+- `dense`: a biased linear layer as one `addmm` (product and bias in one
+  kernel) instead of a matmul and a separate broadcast add, forward and
+  backward (the DiT's linear layers: ~6% of a small DiT's torch step).
 - `layer_normalization`, `dot_product_attention`: one fused kernel each
   instead of a sequence of ops (moments / rsqrt / ...; einsum / softmax /
   einsum); `resample_2x` on channels_last memory instead of two copies.
@@ -97,6 +100,21 @@ def conv2d(inputs, kernel, bias, strides, padding, dilation_rate):
     bias = None if bias is None else ops.convert_to_tensor(bias)
     outputs = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, tuple(strides), torch_padding, tuple(dilation_rate))
     return outputs.permute(0, 2, 3, 1)
+
+
+def dense(inputs, kernel, bias):
+    """`ops.matmul(inputs, kernel) + bias` for a (in, out) kernel, in one torch `addmm`, or None.
+
+    Inputs of any rank >= 2 are flattened to (rows, in) and back (a view of a
+    contiguous tensor: no copy).
+    """
+    if not fast_paths_enabled() or bias is None or len(inputs.shape) < 2:
+        return None
+    import torch
+
+    x = ops.convert_to_tensor(inputs)
+    outputs = torch.addmm(ops.convert_to_tensor(bias), x.reshape(-1, x.shape[-1]), ops.convert_to_tensor(kernel))
+    return outputs.reshape(*x.shape[:-1], outputs.shape[-1])
 
 
 def store_for_convolution(kernel):

@@ -105,11 +105,19 @@ def conv2d(filters, kernel_size, fan_in, zero=False, name=None, dtype=None, stri
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class Dense(fast_paths.DirectNestedCall, keras.layers.Dense):
-    """`keras.layers.Dense`, called without Keras' per-call work from within a block on torch.
+    """`keras.layers.Dense`, as one fused kernel on torch, called without Keras' per-call work from within a block.
 
-    Same arguments, weights and results as `keras.layers.Dense`; see
-    `keras_lct.backend.fast_paths.DirectNestedCall`.
+    Same arguments, weights and results as `keras.layers.Dense`. On torch
+    the product and the bias are one `addmm` (`keras_lct.backend.fast_paths.dense`);
+    see also `keras_lct.backend.fast_paths.DirectNestedCall`.
     """
+
+    def call(self, inputs, training=None):
+        if self.quantization_mode is None and not self.lora_enabled:
+            outputs = fast_paths.dense(inputs, self.kernel, self.bias)
+            if outputs is not None:
+                return outputs if self.activation is None else self.activation(outputs)
+        return super().call(inputs, training=training)
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")

@@ -171,10 +171,12 @@ class ClassEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
         )
 
     def call(self, inputs):
-        table = self.embeddings
-        if self.null_class == "zero":
-            table = ops.concatenate([table, ops.zeros((1, self.output_dim), table.dtype)], axis=0)
-        return ops.take(table, ops.cast(inputs, "int32"), axis=0)
+        labels = ops.cast(inputs, "int32")
+        if self.null_class != "zero":
+            return ops.cast(ops.take(self.embeddings, labels, axis=0), self.compute_dtype)
+        known = labels < self.num_classes  # the null class looks up row 0, then counts zero
+        embedded = ops.cast(ops.take(self.embeddings, ops.where(known, labels, 0), axis=0), self.compute_dtype)
+        return embedded * ops.cast(ops.expand_dims(known, -1), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
@@ -193,7 +195,11 @@ class ClassEmbedding(fast_paths.DirectNestedCall, keras.layers.Layer):
 
 
 def check_class_arguments(num_classes, label_dropout, network):
-    """`(num_classes, label_dropout)` of a network, checked; the null-class kind it implies is theirs to choose.
+    """A denoiser's `(num_classes, label_dropout)`, checked, as int and float.
+
+    The network contract of keras-lct (`docs/dit.md`, "Class labels"):
+    `num_classes=0` is unconditional; label `num_classes` is the null class,
+    which a network has when `label_dropout > 0`.
 
     Raises:
         ValueError: `num_classes` not an integer >= 0; `label_dropout` not in
