@@ -88,7 +88,7 @@ WHERE_TO_GET_VAE = (
 # The library's network presets (keras_lct.models.NETWORK_PRESETS; tests/test_recipes.py checks that they
 # are the same), named here so that --help answers without importing a framework.
 UNET_PRESETS = ("celeba256", "small", "tiny", "smoke")
-DIT_PRESETS = ("DiT-S/2", "DiT-S/4", "DiT-B/2", "DiT-B/4", "DiT-L/2", "DiT-XL/2", "DiT-smoke")
+DIT_PRESETS = ("DiT-S/2", "DiT-S/4", "DiT-B/2", "DiT-B/4", "DiT-L/2", "DiT-XL/2", "DiT-digits", "DiT-smoke")
 NETWORK_PRESETS = UNET_PRESETS + DIT_PRESETS
 # Settings that define a run: a checkpoint trained with others is not resumed.
 RUN_IDENTITY = (
@@ -307,13 +307,13 @@ def main(dataset="custom", argv=None):
             if args.dropout:
                 options["dropout"] = args.dropout
             network = network_from_preset(args.network, latent_shape, **options)
-            say(f"Network {args.network}: {network.count_params():,} parameters"
-                f"{f', {cache.num_classes} classes' if args.labels else ''}.")
             model = ConsistencyModel(network, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
                                      diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
                                      seed=args.seed, latent_normalization=cache.normalization(),
                                      two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
             model.build((None,) + latent_shape)
+            say(f"Network {args.network}: {network.count_params():,} parameters"
+                f"{f', {cache.num_classes} classes' if args.labels else ''}.")
             accumulation = args.accumulate if args.accumulate > 1 else None
             model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay, epsilon=args.optimizer_epsilon,
                                           global_clipnorm=args.clip_gradient_norm,

@@ -189,14 +189,14 @@ def test_keras_file_round_trip(arguments, tmp_path):
 
 
 def test_symbolic_build_as_the_consistency_model_does():
-    dit = DiT.from_preset("smoke", num_classes=10, label_dropout=0.1)
+    dit = DiT.from_preset("DiT-smoke", num_classes=10, label_dropout=0.1)
     x, t, y = keras.KerasTensor((None, 16, 16, 4)), keras.KerasTensor((None,)), keras.KerasTensor((None,), "int32")
     assert dit([x, t, y]).shape == (None, 16, 16, 4)
     assert dit([x, t]).shape == (None, 16, 16, 4)  # the null class
 
 
 def test_a_drop_in_for_the_unet_in_a_consistency_model():
-    model = ConsistencyModel(DiT.from_preset("digits", depth=1), ema_decays=(0.9,))
+    model = ConsistencyModel(DiT.from_preset("DiT-digits", depth=1), ema_decays=(0.9,))
     model.build((None, 4, 4, 4))
     model.compile(optimizer=RAdam(1e-3))
     data = np.random.default_rng(3).normal(size=(8, 4, 4, 4)).astype("float32") * 0.5
@@ -241,6 +241,6 @@ def test_bad_calls_and_arguments(make, words):
 
 
 def test_presets_take_overrides():
-    dit = DiT.from_preset("S/2", input_size=16, in_channels=8, num_classes=10, label_dropout=0.1)
+    dit = DiT.from_preset("DiT-S/2", input_size=16, in_channels=8, num_classes=10, label_dropout=0.1)
     assert (dit.depth, dit.hidden_size, dit.num_heads, dit.patch_size) == (12, 384, 6, 2)
     assert (dit.input_size, dit.in_channels, dit.out_channels, dit.num_classes) == (16, 8, 8, 10)

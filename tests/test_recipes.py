@@ -208,7 +208,7 @@ RECIPES_WITH_OUTPUT_FOLDERS = ["quickstart.py", "ablation.py", "latent_training.
 
 @pytest.mark.backend_neutral
 def test_every_recipe_with_an_output_folder_holds_it():
-    for script in sorted(os.listdir(os.path.join(ROOT, "recipes"))):
+    for script in sorted(name for name in os.listdir(os.path.join(ROOT, "recipes")) if name.endswith(".py")):
         with open(os.path.join(ROOT, "recipes", script), encoding="utf-8") as file:
             source = file.read()
         if script in RECIPES_WITH_OUTPUT_FOLDERS:

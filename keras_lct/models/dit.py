@@ -19,19 +19,20 @@ from keras_lct.layers.transformer import DiTFinalLayer
 from keras_lct.layers.transformer import PatchEmbedding
 from keras_lct.layers.transformer import unpatchify
 
-# The authors' DiT configurations (depth, width, heads, patch), on 32x32x4 latents (256px images, VAE f=8).
+# The authors' DiT configurations, by the authors' names (depth, width, heads, patch), on 32x32x4 latents
+# (256px images, VAE f=8).
 _LATENT_32 = dict(input_size=32, in_channels=4)
 DIT_PRESETS = {
-    "S/2": dict(_LATENT_32, depth=12, hidden_size=384, num_heads=6, patch_size=2),
-    "S/4": dict(_LATENT_32, depth=12, hidden_size=384, num_heads=6, patch_size=4),
-    "B/2": dict(_LATENT_32, depth=12, hidden_size=768, num_heads=12, patch_size=2),
-    "B/4": dict(_LATENT_32, depth=12, hidden_size=768, num_heads=12, patch_size=4),
-    "L/2": dict(_LATENT_32, depth=24, hidden_size=1024, num_heads=16, patch_size=2),
-    "XL/2": dict(_LATENT_32, depth=28, hidden_size=1152, num_heads=16, patch_size=2),
+    "DiT-S/2": dict(_LATENT_32, depth=12, hidden_size=384, num_heads=6, patch_size=2),
+    "DiT-S/4": dict(_LATENT_32, depth=12, hidden_size=384, num_heads=6, patch_size=4),
+    "DiT-B/2": dict(_LATENT_32, depth=12, hidden_size=768, num_heads=12, patch_size=2),
+    "DiT-B/4": dict(_LATENT_32, depth=12, hidden_size=768, num_heads=12, patch_size=4),
+    "DiT-L/2": dict(_LATENT_32, depth=24, hidden_size=1024, num_heads=16, patch_size=2),
+    "DiT-XL/2": dict(_LATENT_32, depth=28, hidden_size=1152, num_heads=16, patch_size=2),
     # The quickstart's 4x4x4 digit latents: one token per latent pixel, narrow and shallow for a CPU.
-    "digits": dict(input_size=4, in_channels=4, depth=4, hidden_size=64, num_heads=4, patch_size=1),
+    "DiT-digits": dict(input_size=4, in_channels=4, depth=4, hidden_size=64, num_heads=4, patch_size=1),
     # The recipes' --smoke runs: 128px images through the tiny VAE (f=8) give 16x16x4 latents.
-    "smoke": dict(input_size=16, in_channels=4, depth=2, hidden_size=64, num_heads=4, patch_size=2),
+    "DiT-smoke": dict(input_size=16, in_channels=4, depth=2, hidden_size=64, num_heads=4, patch_size=2),
 }
 DIT_NORMS = ("layer", "nsln")
 # The width of the noise level's sinusoidal features (DiT's `frequency_embedding_size`).
@@ -95,10 +96,10 @@ class DiT(keras.Model):
 
     Example:
     ```python
-    dit = DiT.from_preset("B/2")                                      # unconditional, 32x32x4
-    imagenet = DiT.from_preset("XL/2", num_classes=1000, label_dropout=0.1)
+    dit = DiT.from_preset("DiT-B/2")                                      # unconditional, 32x32x4
+    imagenet = DiT.from_preset("DiT-XL/2", num_classes=1000, label_dropout=0.1)
     out = imagenet([x, noise_labels, class_labels])
-    model = ConsistencyModel(DiT.from_preset("smoke"))                # a drop-in for the UNet
+    model = ConsistencyModel(DiT.from_preset("DiT-smoke"))                # a drop-in for the UNet
     ```
 
     Reference: DiT (Peebles & Xie, 2023); the authors' `models/network_dit.py`
@@ -171,7 +172,7 @@ class DiT(keras.Model):
         """A DiT of `DIT_PRESETS[preset]`, with any argument overridden.
 
         Example:
-        >>> dit = DiT.from_preset("S/2", input_size=64, num_classes=10, label_dropout=0.1)
+        >>> dit = DiT.from_preset("DiT-S/2", input_size=64, num_classes=10, label_dropout=0.1)
         """
         if preset not in DIT_PRESETS:
             raise ValueError(f"Unknown DiT preset {preset!r}. Available: {', '.join(DIT_PRESETS)}.")

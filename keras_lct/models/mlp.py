@@ -3,6 +3,11 @@
 import keras
 from keras import ops
 
+from keras_lct.layers.embedding import ClassEmbedding
+from keras_lct.layers.embedding import check_class_arguments
+from keras_lct.layers.embedding import null_class_labels
+from keras_lct.layers.embedding import split_conditional_inputs
+
 
 @keras.saving.register_keras_serializable(package="keras_lct")
 class MLPDenoiser(keras.Model):
@@ -43,14 +48,13 @@ class MLPDenoiser(keras.Model):
         self.data_dim = data_dim
         self.width = width
         self.depth = depth
-        self.num_classes = num_classes
-        self.label_dropout = label_dropout
+        self.num_classes, self.label_dropout = check_class_arguments(num_classes, label_dropout, "MLPDenoiser")
         self.class_embedding = (
-            keras.layers.Embedding(
-                num_classes + (label_dropout > 0), width, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0),
-                name="class_embedding",
+            ClassEmbedding(
+                self.num_classes, width, null_class="learned" if self.label_dropout else None,
+                embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0), name="class_embedding",
             )
-            if num_classes
+            if self.num_classes
             else None
         )
         self.input_projection = keras.layers.Dense(width, name="input_projection")
@@ -75,16 +79,13 @@ class MLPDenoiser(keras.Model):
             self.class_embedding.build((None,))
 
     def call(self, inputs, training=None):
-        x, noise_labels = inputs[:2]
+        x, noise_labels, class_labels = split_conditional_inputs(inputs, self.num_classes, self.label_dropout, "MLPDenoiser")
         embedding = ops.reshape(noise_labels / 250.0, (-1, 1))
         for layer in self.embedding_layers:
             embedding = layer(embedding)
-        if self.class_embedding is None and len(inputs) > 2:
-            raise ValueError("This MLPDenoiser is unconditional (num_classes=0): call it on [x, noise_labels].")
         if self.class_embedding is not None:
-            if len(inputs) < 3:
-                raise ValueError("This MLPDenoiser is class-conditional: call it on [x, noise_labels, class_labels].")
-            embedding = embedding + self.class_embedding(inputs[2])
+            labels = null_class_labels(x, self.num_classes) if class_labels is None else class_labels
+            embedding = embedding + self.class_embedding(labels)
         hidden = self.input_projection(x)
         for layer in self.hidden_layers:
             hidden = hidden + layer(ops.silu(hidden + embedding))

@@ -86,8 +86,7 @@ NOISE_LABELS = np.array([-7.3, 0.41, 5.2], np.float32)
 FULL_RANGE_NOISE_LABELS = np.array([-1553.7, 3.25, 1095.5], np.float32)
 CLASS_LABELS = np.array([3, NUM_CLASSES, 0], np.int64)
 
-DIT_PRESETS = {"S/2": "DiT-S/2", "S/4": "DiT-S/4", "B/2": "DiT-B/2", "B/4": "DiT-B/4", "L/2": "DiT-L/2",
-               "XL/2": "DiT-XL/2"}
+DIT_PRESETS = ("DiT-S/2", "DiT-S/4", "DiT-B/2", "DiT-B/4", "DiT-L/2", "DiT-XL/2")  # keras-lct's names are theirs
 DIT_COUNT_VARIANTS = {
     "ssl_ot_conditional": (SSL_OT_UNCONDITIONAL, dict(num_classes=1000, class_dropout_prob=0.1)),
     "ssl_ot_unconditional": (SSL_OT_UNCONDITIONAL, dict(uncond_network=True)),
@@ -236,9 +235,9 @@ def dit_counts(modules):
     counts = {}
     for variant, (revision, kwargs) in DIT_COUNT_VARIANTS.items():
         counts[variant] = {}
-        for preset, their_name in DIT_PRESETS.items():
+        for preset in DIT_PRESETS:
             with torch.device("meta"):
-                model = modules[revision].DiT_models[their_name](input_size=32, in_channels=4, learn_sigma=False,
+                model = modules[revision].DiT_models[preset](input_size=32, in_channels=4, learn_sigma=False,
                                                                  **kwargs)
             counts[variant][preset] = trainable_count(model)
             print(f"DiT {variant} {preset}: {counts[variant][preset]}")
