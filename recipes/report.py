@@ -248,13 +248,37 @@ def quickstart_block(metrics, see_also=""):
         f"| real held-out digits | {metrics['real_holdout']['frechet_distance']:.2f} | {metrics['real_holdout']['recall']:.2f} |",
         f"| the paper's method, 1 / 2 steps | {method_fd} | {method_recall} |",
         f"| iLCT, 1 / 2 steps | {ilct_fd} | {ilct_recall} |",
+        *conditional_row(metrics),
         f"| untrained model | {metrics['untrained']['frechet_distance']:.2f} | {metrics['untrained']['recall']:.2f} |",
         "",
         f"{verdict(metrics)['sentence']}{see_also}.",
         *per_seed_line(metrics),
+        *conditional_sentence(metrics),
         END_MARKER,
     ]
     return "\n".join(lines)
+
+
+def conditional_row(metrics):
+    """The class-conditional model's table row (one seed), if the run trained one."""
+    if "conditional" not in metrics:
+        return []
+    model = metrics["conditional"]
+    return [f"| the class-conditional model ({model['steps']} steps, seed {model['seed']}), 1 / 2 steps "
+            f"| {model['one_step']['frechet_distance']:.2f} / {model['two_step']['frechet_distance']:.2f} "
+            f"| {model['one_step']['recall']:.2f} / {model['two_step']['recall']:.2f} |"]
+
+
+def conditional_sentence(metrics):
+    """How often the class-conditional model drew the digit it was asked for, if the run trained one."""
+    if "conditional" not in metrics:
+        return []
+    model = metrics["conditional"]
+    return ["", f"Conditional accuracy: the class-conditional model drew the requested digit in "
+                f"{100 * model['one_step']['accuracy']:.1f}% of its 1-step samples and {100 * model['two_step']['accuracy']:.1f}% "
+                f"of its 2-step samples (50 of each digit, judged by the digits classifier, "
+                f"{100 * metrics['classifier_accuracy']:.1f}% accurate on the held-out digits); "
+                f"{100 * model['label_dropout']:.0f}% of its training labels were dropped, so it also samples without one."]
 
 
 def listed(names):

@@ -112,7 +112,10 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     behind = run_metrics("jax", 14.234, 7.871, method_std=1.0, ilct_std=2.0)  # beyond the spread (3.00)
     ahead = run_metrics("torch", 5.718, 15.342, method_std=4.0, ilct_std=6.0)  # within the spread (10.00)
     # A run with --ot off and --curriculum-s1 320; files without the keys predate the options (OT on, s1 640).
-    ahead.update(minibatch_ot=False, curriculum_s1=320)
+    ahead.update(minibatch_ot=False, curriculum_s1=320, classifier_accuracy=0.9844)
+    ahead["conditional"] = {"one_step": dict(scores(3.0606, 0.8373), accuracy=0.904),
+                            "two_step": dict(scores(2.6267, 0.8867), accuracy=0.9301),
+                            "seed": 0, "steps": 1200, "label_dropout": 0.1}
     behind["per_seed"] = {name: [{"one_step": scores(fd, 0.8)} for fd in distances]
                           for name, distances in (("the_papers_method", (13.0, 14.0, 15.7)), ("ilct", (6.0, 8.0, 9.6)))}
     behind, ahead = write_runs(tmp_path, behind, ahead)
@@ -159,6 +162,11 @@ def test_the_tables_and_the_winner_sentences(tmp_path):
     assert "| jax |" not in results.read_text()
     assert "(curriculum up to N = 321) from 3 seeds (0, 1, 2), the paper's method without minibatch OT;" in readme.read_text()
     assert "Per seed" not in readme.read_text()  # a run without per_seed figures
+    assert "\n| the class-conditional model (1200 steps, seed 0), 1 / 2 steps | 3.06 / 2.63 | 0.84 / 0.89 |\n" in readme.read_text()
+    assert ("\nConditional accuracy: the class-conditional model drew the requested digit in 90.4% of its 1-step samples "
+            "and 93.0% of its 2-step samples (50 of each digit, judged by the digits classifier, 98.4% accurate on the "
+            "held-out digits); 10% of its training labels were dropped, so it also samples without one.\n") in readme.read_text()
+    assert "class-conditional" not in readme_text  # the first run trained none
 
 
 @pytest.mark.backend_neutral
