@@ -44,6 +44,8 @@ import math
 import os
 import sys
 
+from run_folder import hold_run_folder  # recipes/run_folder.py: the standard library only, so --help stays instant
+
 # The paper's settings per data set (docs/reference.md "Training setup"); every one
 # can be overridden on the command line.
 _PAPER = dict(network="celeba256", labels=False, ot=True, clip_gradient_norm=None, optimizer_epsilon=1e-8,
@@ -218,6 +220,8 @@ def parse_args(dataset, argv=None):
 
 def main(dataset="custom", argv=None):
     args = parse_args(dataset, argv)
+    if not args.distribute:  # one process: a folder in use is refused at once, before a framework loads
+        hold_run_folder(args.output)
 
     import keras
 
@@ -233,7 +237,6 @@ def main(dataset="custom", argv=None):
     from keras_lct.optimizers import RAdam
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
-    from common import hold_run_folder  # recipes/common.py: what only the recipes share
 
     # ## 0. Devices and precision.
     compilation_cache = backend.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
@@ -249,7 +252,7 @@ def main(dataset="custom", argv=None):
         run.per_replica_batch_size(micro_batch_size)  # an error now, not in the first step
     os.makedirs(args.output, exist_ok=True)
     if chief:
-        hold_run_folder(args.output)  # before anything is written there: refused while another live run writes it
+        hold_run_folder(args.output)  # under --distribute the chief, before it writes there (held already otherwise)
     keras.utils.set_random_seed(args.seed)
 
     # ## 1. Images and the autoencoder.

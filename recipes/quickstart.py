@@ -46,6 +46,8 @@ import argparse
 import os
 import time
 
+from run_folder import hold_run_folder  # recipes/run_folder.py: the standard library only
+
 NUM_HOLDOUT = 500  # held-out real digits: the metrics' floor; as many samples are drawn per model
 IMAGE_SIZE = 8
 # The second noise level of the 2-step sampler, saved with the models (`sample(steps=2)` samples
@@ -93,6 +95,7 @@ def parse_args(argv=None):
 
 args = parse_args()
 started = time.time()
+hold_run_folder(args.output)  # before a framework loads: a folder another live run writes to is refused at once
 
 import json  # noqa: E402
 
@@ -120,7 +123,6 @@ from keras_lct.vae import AutoencoderTrainer  # noqa: E402
 
 from common import features  # noqa: E402  (recipes/common.py: what only the recipes share)
 from common import framed  # noqa: E402
-from common import hold_run_folder  # noqa: E402
 from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
@@ -129,7 +131,6 @@ from report import one_step_verdict  # noqa: E402  (recipes/report.py renders th
 from report import seed_summary  # noqa: E402
 
 os.makedirs(args.output, exist_ok=True)
-hold_run_folder(args.output)  # before anything is written there: refused while another live run writes it
 backend = keras.backend.backend()
 print(f"keras-lct {keras_lct.__version__} quickstart on {backend}; writing to {args.output}/")
 stage = stage_printer(started)  # prints "[  seconds] message"

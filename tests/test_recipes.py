@@ -100,29 +100,6 @@ def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(unin
     assert json.loads((output / "run.json").read_text())["batch_size"] == 8
 
 
-@pytest.mark.recipe_bookkeeping
-def test_sample_recipe_writes_a_grid_or_files_and_checks_the_vae(uninterrupted_smoke_run, tmp_path):
-    output, _ = uninterrupted_smoke_run
-    vae = output / "smoke_inputs" / "vae.keras"
-    grid = tmp_path / "grid.png"
-    result = run_recipe(
-        "sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 6, "--steps", 2, "--out", grid,
-        "--out-dir", tmp_path / "each",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert Image.open(grid).size == (3 * 128, 2 * 128)
-    assert sorted(os.listdir(tmp_path / "each")) == [f"{index:06d}.png" for index in range(6)]
-    np.testing.assert_array_equal(np.asarray(Image.open(grid))[:128, 128:256], np.asarray(Image.open(tmp_path / "each" / "000001.png")))
-
-    from keras_lct.saving import save_model_atomic
-    from keras_lct.vae import AutoencoderKL
-
-    keras.utils.set_random_seed(123)  # the recipe's VAE was drawn with seed 0
-    save_model_atomic(AutoencoderKL.from_preset("tiny"), tmp_path / "other_vae.keras")
-    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", tmp_path / "other_vae.keras", "--out", grid)
-    assert result.returncode != 0 and "not the one the model's latents were encoded with" in result.stderr
-
-
 @pytest.mark.backend_neutral
 def test_the_recipes_offer_every_network_preset_of_the_library():
     sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -136,10 +113,11 @@ def test_the_recipes_offer_every_network_preset_of_the_library():
 
 
 @pytest.mark.recipe_bookkeeping
-def test_imagenet_smoke_trains_a_class_conditional_dit_that_samples_by_label(tmp_path):
-    """The recipe's labelled path: class folders -> labelled cache -> conditional DiT -> sample.py --labels.
+def test_imagenet_smoke_trains_a_class_conditional_dit_and_sample_py_draws_it_by_label(tmp_path):
+    """The recipes' labelled path: class folders -> labelled cache -> conditional DiT -> sample.py --labels.
 
-    Conditional training and sampling run on every backend in-process (test_conditional.py, test_dit.py).
+    Conditional training and sampling run on every backend in-process (test_conditional.py, test_dit.py);
+    here, the recipes' own Python: run.json, the cache's classes, sample.py's grid, files and refusals.
     """
     output = tmp_path / "imagenet"
     result = run_recipe("imagenet.py", "--smoke", "--output", output)
@@ -151,67 +129,22 @@ def test_imagenet_smoke_trains_a_class_conditional_dit_that_samples_by_label(tmp
     assert cache.class_names == ["large", "medium", "small"] and sorted(set(cache.labels.tolist())) == [0, 1, 2]
     model = keras.models.load_model(output / "lct.keras")
     assert model.num_classes == 3 and model.label_dropout == 0.1
-    grid = tmp_path / "grid.png"
-    vae = output / "smoke_inputs" / "vae.keras"
-    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 4, "--labels", 2, 0,
-                        "--out", grid)
+
+    vae, grid, each = output / "smoke_inputs" / "vae.keras", tmp_path / "grid.png", tmp_path / "each"
+    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 6, "--steps", 2,
+                        "--labels", 2, 0, "--out", grid, "--out-dir", each)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "of classes [0, 2]" in result.stdout and Image.open(grid).size == (2 * 128, 2 * 128)
+    assert "of classes [0, 2]" in result.stdout and Image.open(grid).size == (3 * 128, 2 * 128)
+    assert sorted(os.listdir(each)) == [f"{index:06d}.png" for index in range(6)]
+    np.testing.assert_array_equal(np.asarray(Image.open(grid))[:128, 128:256], np.asarray(Image.open(each / "000001.png")))
     result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--labels", 3, "--out", grid)
     assert result.returncode != 0 and "out of range" in result.stderr
 
+    from keras_lct.saving import save_model_atomic
+    from keras_lct.vae import AutoencoderKL
 
-def recipes_common():
-    """recipes/common.py, loaded as the recipes import it (they find it beside them)."""
-    spec = importlib.util.spec_from_file_location("recipes_common", os.path.join(ROOT, "recipes", "common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    keras.utils.set_random_seed(123)  # the recipe's VAE was drawn with seed 0
+    save_model_atomic(AutoencoderKL.from_preset("tiny"), tmp_path / "other_vae.keras")
+    result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", tmp_path / "other_vae.keras", "--out", grid)
+    assert result.returncode != 0 and "not the one the model's latents were encoded with" in result.stderr
 
-
-def folder_state(folder):
-    """{name: (bytes, modification time)} of every file in `folder`."""
-    return {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns) for name in sorted(os.listdir(folder))}
-
-
-@pytest.mark.recipe_bookkeeping
-def test_a_folder_a_live_run_holds_is_refused_naming_that_run_and_left_unchanged(tmp_path):
-    common = recipes_common()
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "run.json").write_text('{"batch_size": 8}\n')  # the live run's files
-    held = common.hold_run_folder(folder)  # this process is the live run
-    try:
-        record = json.loads((folder / common.RUN_LOCK).read_text())
-        assert record["pid"] == os.getpid() and record["command"] and record["host"] and record["started"]
-        before = folder_state(folder)
-        refused = run_recipe("celeba.py", "--smoke", "--output", folder)
-        assert refused.returncode == 1, refused.stdout[-3000:] + refused.stderr[-3000:]
-        assert f"error: {folder} is in use by a live run (pid {os.getpid()}, `" in refused.stderr, refused.stderr[-3000:]
-        assert "wait for it to end or pass another --output" in refused.stderr
-        assert folder_state(folder) == before  # nothing written, not even the smoke inputs
-    finally:
-        held.close()
-    # A run.lock its dead holder left behind holds nothing: the next run takes it over.
-    (folder / common.RUN_LOCK).write_text(json.dumps(dict(record, pid=record["pid"] + 1)))
-    taken = common.hold_run_folder(folder)
-    try:
-        assert common.hold_run_folder(folder) is taken  # a process's own hold is no other run
-        assert json.loads((folder / common.RUN_LOCK).read_text())["pid"] == os.getpid()
-    finally:
-        taken.close()
-
-
-# The recipes that write into an --output folder hold it (evaluate.py's --output is one JSON file).
-RECIPES_WITH_OUTPUT_FOLDERS = ["quickstart.py", "ablation.py", "latent_training.py", "analyze.py", "measured_c.py", "toy.py"]
-
-
-@pytest.mark.backend_neutral
-def test_every_recipe_with_an_output_folder_holds_it():
-    for script in sorted(name for name in os.listdir(os.path.join(ROOT, "recipes")) if name.endswith(".py")):
-        with open(os.path.join(ROOT, "recipes", script), encoding="utf-8") as file:
-            source = file.read()
-        if script in RECIPES_WITH_OUTPUT_FOLDERS:
-            assert "hold_run_folder(args.output)" in source, script
-        elif '"--output"' in source:
-            assert script == "evaluate.py", f"{script} takes --output: hold it, or list why not here"

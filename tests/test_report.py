@@ -4,12 +4,15 @@ The script is plain Python and json; it runs in subprocesses here, and one check
 imports neither Keras nor a backend to render (it writes a page through keras_lct.saving).
 """
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -33,7 +36,19 @@ def named(path):
 
 
 def report(*args):
-    return subprocess.run([sys.executable, REPORT, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    """`python recipes/report.py ARGS`, run in this process: its stdout, stderr and exit code.
+
+    In-process because a page rewrite imports keras-lct (`keras_lct.saving`), which this process
+    has loaded already: a subprocess would import Keras and a backend for each rewrite. That the
+    script renders and checks without Keras is tested in a subprocess, below.
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = load_report().main([str(arg) for arg in args])
+        except SystemExit as exit:
+            code = exit.code
+    return types.SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
 
 
 def scores(frechet_distance, recall):
