@@ -36,16 +36,14 @@ def stage_printer(started):
     return stage
 
 
-def features(network, images, batch_size=256):
+def features(network, images):
     """The outputs of the feature `network` for `images`, as float64 NumPy.
 
-    `images` are padded with zeros to whole batches (their outputs dropped): every call of the
-    network's compiled predict step has one shape, so it is traced once, not again for a short last
-    batch (on tensorflow such traces, with those of the other models, print its retracing warning).
+    All `images` go in one batch: the network's compiled predict step then takes one shape per
+    image count (the reference set, the samples), not again for a short last batch (on tensorflow
+    such traces, with those of the other models, print its retracing warning).
     """
-    padding = np.zeros((-len(images) % batch_size,) + images.shape[1:], images.dtype)
-    outputs = network.predict(np.concatenate([images, padding]), batch_size=batch_size, verbose=0)
-    return np.asarray(outputs[: len(images)], np.float64)
+    return np.asarray(network.predict(images, batch_size=len(images), verbose=0), np.float64)
 
 
 def scores(network, reference, images):

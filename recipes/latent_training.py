@@ -25,7 +25,8 @@ What one command does, and where it writes (all under --output):
 
 Rerunning the same command continues from the checkpoint (same step, N, c,
 EMA and optimizer state). `--smoke` runs the whole path on generated images, a
-tiny random VAE and the `smoke` UNet (the family's fewest blocks) in under a
+tiny random VAE and the `smoke` UNet (`DiT-smoke` when --network is a DiT: each
+family's fewest blocks) in under a
 minute on a CPU (with `--labels`, on generated images in three classes).
 `recipes/sample.py` turns the final model into images (`--labels` for a
 class-conditional one). On jax, the compiled steps are kept in `jax_cache/` of

@@ -194,6 +194,7 @@ METHODS = {
 
 NUM_DIGITS = 10
 LABEL_DROPOUT = 0.1  # the conditional model also samples without a label (the null class), as DiT's training
+REQUESTED_DIGITS = np.arange(NUM_HOLDOUT) % NUM_DIGITS  # the labels of a conditional model's samples: 0-9 in turn
 
 
 def consistency_model(norm, loss, diffusion_fraction, seed, num_classes=0):
@@ -234,7 +235,7 @@ def train(name, seed, norm, loss, diffusion_fraction, ot, adaptive_c, conditiona
     history = model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks + [progress])
     history = {key: [float(value) for value in values] for key, values in history.history.items()}
     # Every model samples from the same noise (seed 10_000), so the grids of two seeds compare digit by digit.
-    labels = np.arange(NUM_HOLDOUT) % NUM_DIGITS if conditional else None
+    labels = REQUESTED_DIGITS if conditional else None
     samples = {f"{steps_name}_step": decode(model.sample(NUM_HOLDOUT, steps=steps, seed=10_000, labels=labels))
                for steps, steps_name in ((1, "one"), (2, "two"))}  # 2 steps: at 80, then TWO_STEP_LEVEL
     return model, history, samples, len(batches)
@@ -261,10 +262,10 @@ if not args.no_conditional:
     conditional_model, _, conditional_samples, _ = train(
         "the class-conditional model", args.seed, conditional=True, steps=args.conditional_steps,
         **dict(METHODS["the paper's method"], ot=True))
-    requested = np.arange(NUM_HOLDOUT) % NUM_DIGITS
     conditional = {
         key: dict(scores(embed, reference, images),
-                  accuracy=float(np.mean(np.argmax(classifier.predict(images, batch_size=NUM_HOLDOUT, verbose=0), axis=-1) == requested)))
+                  accuracy=float(np.mean(np.argmax(classifier.predict(images, batch_size=NUM_HOLDOUT, verbose=0), axis=-1)
+                                         == REQUESTED_DIGITS)))
         for key, images in conditional_samples.items()
     }
     stage(f"  the class-conditional model: 1-step accuracy {100 * conditional['one_step']['accuracy']:.1f}%, "

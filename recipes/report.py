@@ -10,16 +10,20 @@ committed runs are `docs/results/quickstart-<backend>.json`, each a `make demo` 
     python recipes/report.py            # rewrites the generated blocks of README.md and docs/results.md
     python recipes/report.py --check    # exit 1 when a file's blocks differ from what it renders
 
-It renders two blocks, each between HTML comment markers that it finds in the files:
+It renders three blocks, each between HTML comment markers that it finds in the files:
 
 - `quickstart table`: the first file's run (the demo's backend, tensorflow, when there is one) as a
   table of Frechet distance and recall (held-out real digits, the paper's method and iLCT at 1
   and 2 steps as mean ± std over the run's seeds, the untrained model), with a sentence saying
   which method has the lower mean 1-step Frechet distance, by how much, and whether by more than
-  the seeds' spread (`one_step_verdict`). In README.md and docs/results.md.
+  the seeds' spread (`one_step_verdict`), and the class-conditional model's row and accuracy when
+  the run trained one. In README.md and docs/results.md.
 - `backends table`: one row per file (backend, wall time, both methods at 1 / 2 steps, held-out,
   untrained, date, commit), their versions, and which method is ahead on each backend. In
   docs/results.md.
+- `conditional design table`: the class-conditional model's design runs
+  (`docs/results/conditional-design-2026-12-07.json`), one row per setting with the mean 1-step
+  accuracy over its seeds, each seed's, and the mean 2-step accuracy. In docs/results.md.
 
 The quickstart imports `seed_summary` and `one_step_verdict` from here, so the verdict it prints
 is the one the pages show.
@@ -43,6 +47,8 @@ DEMO_BACKEND = "tensorflow"  # the Makefile's DEMO_BACKEND: its run goes first, 
 END_MARKER = "<!-- /report.py -->"
 QUICKSTART_BLOCK = "quickstart table"
 BACKENDS_BLOCK = "backends table"
+CONDITIONAL_DESIGN_BLOCK = "conditional design table"
+CONDITIONAL_DESIGN_RUNS = os.path.join(RESULTS_FOLDER, "conditional-design-2026-12-07.json")
 RERUN = (
     "rerun the quickstart with this version (`make demo`, or `KERAS_BACKEND=<backend> python "
     "recipes/quickstart.py`) and copy its runs/quickstart/metrics.json to docs/results/quickstart-<backend>.json"
@@ -281,6 +287,33 @@ def conditional_sentence(metrics):
                 f"{100 * model['label_dropout']:.0f}% of its training labels were dropped, so it also samples without one."]
 
 
+def conditional_design_block(path=CONDITIONAL_DESIGN_RUNS):
+    """The class-conditional model's design runs: one row per setting, the accuracy's mean over its seeds."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            runs = json.load(file)["runs"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ReportError(f"cannot read the design runs {shown(path)} ({error})") from None
+    settings = {}
+    for run in runs:
+        key = (run["steps"], run["model_channels"], run["label_dropout"], run["ot_within_class"])
+        settings.setdefault(key, []).append(run)
+    lines = [
+        start_marker(CONDITIONAL_DESIGN_BLOCK),
+        "| steps | label dropout | minibatch OT | seeds | 1-step accuracy | 2-step accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (steps, width, dropout, ot), group in settings.items():
+        one_step = [100 * run["accuracy_one_step"] for run in group]
+        two_step = statistics.fmean(100 * run["accuracy_two_step"] for run in group)
+        per_seed = f" ({', '.join(f'{value:.1f}' for value in one_step)})" if len(group) > 1 else ""
+        lines.append(f"| {steps}{'' if width == 32 else f', width {width}'} | {dropout:g} | "
+                     f"{'within each digit' if ot else 'off'} | {len(group)} | "
+                     f"{statistics.fmean(one_step):.1f}%{per_seed} | {two_step:.1f}% |")
+    lines.append(END_MARKER)
+    return "\n".join(lines)
+
+
 def listed(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -338,7 +371,8 @@ def rendered_pages(runs, readme, results):
     """{path: (current text, rendered text)} of the README and the results page."""
     blocks = {
         readme: [(QUICKSTART_BLOCK, quickstart_block(runs[0], "; the other backends are in [docs/results.md](docs/results.md)"))],
-        results: [(QUICKSTART_BLOCK, quickstart_block(runs[0])), (BACKENDS_BLOCK, backends_block(runs))],
+        results: [(QUICKSTART_BLOCK, quickstart_block(runs[0])), (BACKENDS_BLOCK, backends_block(runs)),
+                  (CONDITIONAL_DESIGN_BLOCK, conditional_design_block())],
     }
     pages = {}
     for path, page_blocks in blocks.items():

@@ -76,7 +76,8 @@ def pages(folder):
     """A README and a results page in `folder`, each with its empty generated blocks among other text."""
     readme, results = folder / "README.md", folder / "results.md"
     readme.write_text(f"# title\n\n{START.format('quickstart table')}\n{END}\n\nafter\n")
-    results.write_text(f"before\n{START.format('quickstart table')}\n{END}\nmiddle\n{START.format('backends table')}\n{END}\n")
+    results.write_text(f"before\n{START.format('quickstart table')}\n{END}\nmiddle\n{START.format('backends table')}\n{END}\n"
+                       f"{START.format('conditional design table')}\n{END}\n")
     return readme, results
 
 

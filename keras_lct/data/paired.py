@@ -321,8 +321,6 @@ class NoisePairedDataset(SelfCheckingDataset):
     def __getitem__(self, index):
         x0, labels = self._clean_batch(index)
         x0 = checked_float_batch(x0, index)
-        if labels is not None:
-            labels = check_class_labels(labels, count=len(x0), what=f"The labels of batch {index}")
         if self.ot and len(x0) == 1:
             raise ValueError(
                 f"Batch {index} holds 1 sample: OT pairing needs 2 or more. Use larger batches, "
@@ -390,7 +388,8 @@ class NoisePairedDataset(SelfCheckingDataset):
                 "(x, labels), the labels second. Make the source yield them, or pass labels=None to "
                 "train without labels."
             )
-        return to_numpy(batch), to_numpy(labels)
+        x0 = to_numpy(batch)
+        return x0, check_class_labels(to_numpy(labels), count=len(x0), what=f"The labels of batch {index}")
 
     def _epoch_order(self, epoch):
         count = len(self.data)

@@ -219,39 +219,43 @@ def check_class_arguments(num_classes, label_dropout, network):
     return int(num_classes), float(label_dropout)
 
 
-def split_conditional_inputs(inputs, num_classes, label_dropout, network):
-    """`(x, noise_labels, class_labels)` of a denoiser's inputs; `class_labels` None when unconditional.
+def check_conditional_inputs(inputs, num_classes, label_dropout, network):
+    """Raises a ValueError unless a denoiser with these classes takes `inputs` (tensors, or their shapes in `build`).
 
     An unconditional network (`num_classes=0`) takes `[x, noise_labels]`; a
     class-conditional one `[x, noise_labels, class_labels]`, or
     `[x, noise_labels]` for the null class `num_classes` when it has one
-    (`label_dropout > 0`). Works on tensors and on shapes (in `build`).
-
-    Raises:
-        ValueError: another number of inputs, naming the call to make.
+    (`label_dropout > 0`). The message names the call to make.
     """
     if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
         count = len(inputs) if isinstance(inputs, (list, tuple)) else "1 (not a list)"
         expected = "[x, noise_labels, class_labels]" if num_classes else "[x, noise_labels]"
         raise ValueError(f"{network} takes the inputs {expected}; received {count} inputs.")
-    if len(inputs) == 3:
-        if not num_classes:
-            raise ValueError(
-                f"{network} is unconditional (num_classes=0) but received class labels: call it on "
-                "[x, noise_labels], or build it with `num_classes=K` to condition on labels."
-            )
-        return tuple(inputs)
-    if num_classes and not label_dropout:
+    if len(inputs) == 3 and not num_classes:
+        raise ValueError(
+            f"{network} is unconditional (num_classes=0) but received class labels: call it on "
+            "[x, noise_labels], or build it with `num_classes=K` to condition on labels."
+        )
+    if len(inputs) == 2 and num_classes and not label_dropout:
         raise ValueError(
             f"{network} is class-conditional ({num_classes} classes) and has no null class (label_dropout=0): "
             "call it on [x, noise_labels, class_labels], or build it with `label_dropout > 0` to give it a null class."
         )
-    return inputs[0], inputs[1], None
 
 
-def null_class_labels(x, num_classes):
-    """The null class `num_classes` for each sample of the batch `x`, int32 `(batch,)`."""
-    return ops.full((ops.shape(x)[0],), num_classes, dtype="int32")
+def split_conditional_inputs(inputs, num_classes, label_dropout, network):
+    """`(x, noise_labels, class_labels)` of a denoiser's inputs, checked by `check_conditional_inputs`.
+
+    `class_labels` are the labels given, the null class `num_classes` for
+    every sample when a conditional network got none, and None for an
+    unconditional network.
+    """
+    check_conditional_inputs(inputs, num_classes, label_dropout, network)
+    if len(inputs) == 3:
+        return tuple(inputs)
+    x, noise_labels = inputs
+    class_labels = ops.full((ops.shape(x)[0],), num_classes, dtype="int32") if num_classes else None
+    return x, noise_labels, class_labels
 
 
 def sincos_position_embedding_2d(output_dim, grid_height, grid_width):

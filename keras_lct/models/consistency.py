@@ -311,20 +311,9 @@ class ConsistencyModel(keras.Model):
         labels = sample_weight
         if labels is None and y is not None and "int" in keras.backend.standardize_dtype(y.dtype):
             y, labels = None, y
+        self._check_labels_given(labels is not None, "the batch")
         if labels is None:
-            if self.num_classes:
-                raise ValueError(
-                    f"This ConsistencyModel's network is class-conditional ({self.num_classes} classes), but the "
-                    "batch has no labels. Train it on `NoisePairedDataset(x0, labels=labels)` batches "
-                    "(x0, z, labels), or `fit(x0, labels)`."
-                )
             return y, None
-        if not self.num_classes:
-            raise ValueError(
-                "The batch has class labels, but this ConsistencyModel's network is unconditional. Build the "
-                "network with `num_classes=K` (e.g. `DiT.from_preset(..., num_classes=K)`) to train on labels, "
-                "or leave the labels out."
-            )
         dtype = keras.backend.standardize_dtype(labels.dtype)
         if "int" not in dtype:
             raise ValueError(
@@ -336,6 +325,21 @@ class ConsistencyModel(keras.Model):
                 "one label per sample, of shape (batch,)."
             )
         return y, labels
+
+    def _check_labels_given(self, given, where):
+        """Raises a ValueError unless `where` ("the batch", "the data") has labels exactly when the network is conditional."""
+        if self.num_classes and not given:
+            raise ValueError(
+                f"This ConsistencyModel's network is class-conditional ({self.num_classes} classes), but {where} has "
+                "no labels. Train it on `NoisePairedDataset(x0, labels=labels)` batches (x0, z, labels), or "
+                "`fit(x0, labels)`."
+            )
+        if given and not self.num_classes:
+            raise ValueError(
+                f"{where.capitalize()} has class labels, but this ConsistencyModel's network is unconditional "
+                "(num_classes=0). Build the network with `num_classes=K` (e.g. `DiT.from_preset(..., num_classes=K)`) "
+                "to train on labels, or leave the labels out."
+            )
 
     def _dropped_labels(self, labels, share, shares):
         """`labels` with this step's label-dropout draw replaced by the null class (`num_classes`)."""
@@ -620,19 +624,8 @@ class ConsistencyModel(keras.Model):
                 labels = y if np.issubdtype(checks.to_numpy(y).dtype, np.integer) or len(y.shape) == 1 else None
         else:
             return None  # batches of other sources are checked by the step as they come
-        if labels is None:
-            if self.num_classes:
-                raise ValueError(
-                    f"This ConsistencyModel's network is class-conditional ({self.num_classes} classes), but the "
-                    "data has no labels. Pass them: `fit(x0, labels)`, or `NoisePairedDataset(x0, labels=labels)`."
-                )
-            return None
-        if not self.num_classes:
-            raise ValueError(
-                "The data has class labels, but this ConsistencyModel's network is unconditional (num_classes=0). "
-                "Build the network with `num_classes=K` to train on labels, or leave the labels out."
-            )
-        if labels is True:  # a batched source's own labels, checked as they come
+        self._check_labels_given(labels is not None, "the data")
+        if labels is None or labels is True:  # True: a batched source's own labels, checked as they come
             return labels
         count = len(x.data) if isinstance(x, NoisePairedDataset) else len(x)
         return check_class_labels(checks.to_numpy(labels), self.num_classes, count, "The training labels")

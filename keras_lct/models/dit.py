@@ -11,7 +11,7 @@ from keras_lct.layers.core import Dense
 from keras_lct.layers.embedding import ClassEmbedding
 from keras_lct.layers.embedding import PositionalEmbedding
 from keras_lct.layers.embedding import check_class_arguments
-from keras_lct.layers.embedding import null_class_labels
+from keras_lct.layers.embedding import check_conditional_inputs
 from keras_lct.layers.embedding import split_conditional_inputs
 from keras_lct.layers.normalization import normalization_name
 from keras_lct.layers.transformer import DiTBlock
@@ -204,7 +204,7 @@ class DiT(keras.Model):
         return self.input_size // self.patch_size
 
     def build(self, input_shape):
-        split_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This DiT")
+        check_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This DiT")
         x_shape = tuple(input_shape[0])
         expected = (self.input_size, self.input_size, self.in_channels)
         if x_shape[1:] != expected:
@@ -228,8 +228,7 @@ class DiT(keras.Model):
         frequencies = self.timestep_frequencies(ops.reshape(noise_labels, (-1,)))
         conditioning = self.timestep_dense1(ops.silu(self.timestep_dense0(frequencies)))
         if self.class_embedding is not None:
-            labels = null_class_labels(x, self.num_classes) if class_labels is None else class_labels
-            conditioning = conditioning + self.class_embedding(labels)
+            conditioning = conditioning + self.class_embedding(class_labels)
         tokens = self.patch_embedding(x)
         for block in self.blocks:
             tokens = block(tokens, conditioning)

@@ -5,7 +5,6 @@ from keras import ops
 
 from keras_lct.layers.embedding import ClassEmbedding
 from keras_lct.layers.embedding import check_class_arguments
-from keras_lct.layers.embedding import null_class_labels
 from keras_lct.layers.embedding import split_conditional_inputs
 
 
@@ -84,8 +83,7 @@ class MLPDenoiser(keras.Model):
         for layer in self.embedding_layers:
             embedding = layer(embedding)
         if self.class_embedding is not None:
-            labels = null_class_labels(x, self.num_classes) if class_labels is None else class_labels
-            embedding = embedding + self.class_embedding(labels)
+            embedding = embedding + self.class_embedding(class_labels)
         hidden = self.input_projection(x)
         for layer in self.hidden_layers:
             hidden = hidden + layer(ops.silu(hidden + embedding))

@@ -12,7 +12,7 @@ from keras_lct.layers.core import dense
 from keras_lct.layers.embedding import ClassEmbedding
 from keras_lct.layers.embedding import PositionalEmbedding
 from keras_lct.layers.embedding import check_class_arguments
-from keras_lct.layers.embedding import null_class_labels
+from keras_lct.layers.embedding import check_conditional_inputs
 from keras_lct.layers.embedding import split_conditional_inputs
 from keras_lct.layers.normalization import normalization
 from keras_lct.layers.normalization import normalization_name
@@ -219,7 +219,7 @@ class UNet(keras.Model):
         return layer.out_channels if isinstance(layer, UNetBlock) else layer.filters
 
     def build(self, input_shape):
-        split_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This UNet")
+        check_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This UNet")
         x_shape = input_shape[0]
         expected = (self.img_resolution, self.img_resolution, self.in_channels)
         if tuple(x_shape[1:]) != expected:
@@ -254,8 +254,7 @@ class UNet(keras.Model):
         emb = self.map_noise(ops.reshape(noise_labels, (-1,)))
         emb = self.map_layer1(ops.silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            labels = null_class_labels(x, self.num_classes) if class_labels is None else class_labels
-            emb = emb + self.map_label(labels)
+            emb = emb + self.map_label(class_labels)
         emb = ops.silu(emb)
         skips = []
         for layer in self.encoder:
