@@ -488,7 +488,7 @@ def profile_keras(opts):
             return timed("dataset batch (noise + OT)", super().__getitem__)(index)
 
     model, batches = keras_model_and_batches(opts, TimedBatches)
-    denoise_with, calls = model._denoise_with, {"n": 0}
+    denoise_with, calls = model.denoise_with, {"n": 0}
 
     def timed_denoise(*args, **kwargs):  # the student first, then the stop-gradient target
         start = time.perf_counter()
@@ -499,9 +499,9 @@ def profile_keras(opts):
             calls["n"] += 1
         return result
 
-    model._denoise_with = timed_denoise
+    model.denoise_with = timed_denoise
     model.ema.update = timed("EMA update (1 copy)", model.ema.update)
-    model.compute_loss = timed("compute_loss (2 forwards + loss + EMA)", model.compute_loss)
+    model.compute_loss = timed("compute_loss (2 forwards + loss)", model.compute_loss)
     model.optimizer.apply = timed("RAdam apply", model.optimizer.apply)
     model.train_step = timed("train_step (total)", model.train_step)
     torch.Tensor.backward = timed("backward", torch.Tensor.backward)

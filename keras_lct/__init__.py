@@ -15,6 +15,7 @@ from keras_lct import layers
 from keras_lct import losses
 from keras_lct import metrics
 from keras_lct import models
+from keras_lct import objectives
 from keras_lct import optimizers
 from keras_lct import saving
 from keras_lct import schedules

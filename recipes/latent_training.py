@@ -19,6 +19,8 @@ What one command does, and where it writes (all under --output):
    `--labels` every subfolder of --images is a class (or --tfds keeps its
    labels), the network is class-conditional and drops `--label-dropout` of
    the labels to the null class in training, so it samples with and without;
+   `--objective meanflow` trains the network as a MeanFlow average velocity
+   instead (keras_lct.objectives.MeanFlow, with the --loss distance);
 3. saves `checkpoint.keras` every --checkpoint-every epochs, PNG grids of
    decoded 1-step and 2-step samples in `samples/`, TensorBoard logs in
    `logs/`, and the final `lct.keras`.
@@ -98,10 +100,12 @@ RUN_IDENTITY = (
     "dataset", "resolution", "flip", "batch_size", "loss", "norm", "network", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
     "mixed_precision", "accumulate", "labels", "label_dropout", "clip_gradient_norm", "optimizer_epsilon",
+    "objective", "time_scale",
 )
 # What run.json files written before a setting existed mean by it (their "unet" is the network).
 RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1, "labels": False, "label_dropout": 0.1,
-                         "clip_gradient_norm": None, "optimizer_epsilon": 1e-8}
+                         "clip_gradient_norm": None, "optimizer_epsilon": 1e-8, "objective": "consistency",
+                         "time_scale": 1.0}
 SMOKE = dict(resolution=128, batch_size=8, epochs=2, ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 SMOKE_NETWORKS = {"unet": "smoke", "dit": "DiT-smoke"}  # the fewest blocks of each family, for --smoke
@@ -135,8 +139,17 @@ def parse_args(dataset, argv=None):
     training.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs (default: %(default)s)")
     training.add_argument("--steps", type=int, help="training steps instead of --epochs (rounded up to whole epochs)")
     training.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size (default: %(default)s)")
-    training.add_argument("--loss", default="cauchy", choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2"],
-                          help="robust distance (default: %(default)s)")
+    training.add_argument("--objective", default="consistency", choices=["consistency", "meanflow"],
+                          help="the training objective: the paper's consistency training, or MeanFlow's average "
+                               "velocity (docs/objectives.md; the network gets an interval input; OT, --loss, labels "
+                               "with guidance and NsLN apply; no curriculum) (default: %(default)s)")
+    training.add_argument("--loss", default="cauchy", choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2", "squared_norm"],
+                          help="robust distance (default: %(default)s); with --objective meanflow also squared_norm, "
+                               "the official ||u - u_tgt||^2 with its adaptive weight (a robust distance weighs the "
+                               "samples itself: no adaptive weight)")
+    training.add_argument("--time-scale", type=float, default=1.0,
+                          help="--objective meanflow: the network gets this times t and t - r (default: %(default)s, "
+                               "the official code's)")
     training.add_argument("--network", "--unet", default=defaults["network"], choices=list(NETWORK_PRESETS),
                           metavar="PRESET",
                           help=f"the denoiser: a UNet or DiT preset, one of {', '.join(NETWORK_PRESETS)} "
@@ -216,6 +229,10 @@ def parse_args(dataset, argv=None):
     args.norm = args.norm or ("layer" if args.network in DIT_PRESETS else "nsln")
     if args.accumulate < 1 or args.batch_size % args.accumulate:
         parser.error(f"--accumulate {args.accumulate} must be >= 1 and divide --batch-size {args.batch_size}.")
+    if args.loss == "squared_norm" and args.objective != "meanflow":
+        parser.error("--loss squared_norm is MeanFlow's: pass --objective meanflow, or a robust distance.")
+    if args.time_scale <= 0:
+        parser.error(f"--time-scale must be positive; received {args.time_scale}.")
     return args
 
 
@@ -235,6 +252,7 @@ def main(dataset="custom", argv=None):
     from keras_lct import schedules
     from keras_lct.models import ConsistencyModel
     from keras_lct.models import network_from_preset
+    from keras_lct.objectives import MeanFlow
     from keras_lct.optimizers import RAdam
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
@@ -305,13 +323,18 @@ def main(dataset="custom", argv=None):
             say(f"Resuming {checkpoint} at step {step_of(model)} of {total_steps}.")
         else:
             latent_shape = cache.latents.shape[1:]
-            options = dict(norm=args.norm)
+            options = dict(norm=args.norm, interval_embedding=args.objective == "meanflow")
             if args.labels:
                 options.update(num_classes=cache.num_classes, label_dropout=args.label_dropout)
             if args.dropout:
                 options["dropout"] = args.dropout
             network = network_from_preset(args.network, latent_shape, **options)
-            model = ConsistencyModel(network, loss=args.loss, diffusion_fraction=args.diffusion_fraction,
+            objective = None
+            if args.objective == "meanflow":
+                objective = MeanFlow(distance=args.loss, norm_p=1.0 if args.loss == "squared_norm" else 0.0,
+                                     time_scale=args.time_scale)
+            model = ConsistencyModel(network, objective=objective, loss=args.loss if objective is None else "cauchy",
+                                     diffusion_fraction=args.diffusion_fraction,
                                      diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
                                      seed=args.seed, latent_normalization=cache.normalization(),
                                      two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
@@ -331,8 +354,8 @@ def main(dataset="custom", argv=None):
 
     # ## 4. Training, with the curriculum, adaptive c, checkpoints, grids and logs (written by the chief).
     # The curriculum's K is the whole run's, given: this fit may stop early (--stop-after-epochs).
-    training_callbacks = [lct_callbacks.ExpCurriculum(total_steps)]
-    if args.c_schedule != "fixed":
+    training_callbacks = [lct_callbacks.ExpCurriculum(total_steps)] if args.objective == "consistency" else []
+    if args.c_schedule != "fixed" and args.objective == "consistency":
         training_callbacks.append(lct_callbacks.AdaptiveC(args.c_schedule, c0=args.c0))
     if chief:
         training_callbacks += [

@@ -35,8 +35,9 @@ step, one row per digit 0-9), training.png (the first seed's curves), metrics.js
 versions; recipes/report.py renders the docs' tables from it), model.keras (sample from it later with
 recipes/sample.py --vae OUTPUT/autoencoder.keras; the first seed's), ilct.keras, conditional.keras (sample a
 digit with recipes/sample.py --labels), autoencoder.keras, features.keras
-(the metrics' feature network), impulsive_noise.png / .json (fig. 1) and data.npz (training pixels
-and latents, held-out pixels; for recipes/analyze.py). recipes/ablation.py reruns the paper's
+(the metrics' feature network), classifier.keras (the digits classifier of the conditional accuracy),
+impulsive_noise.png / .json (fig. 1) and data.npz (training pixels, latents and labels, held-out pixels
+and labels; for recipes/analyze.py and recipes/objectives.py). recipes/ablation.py reruns the paper's
 ablations (table 2) on this output.
 
 Reference: paper sections 4 and 5.1; docs/results.md for the measured results and the design runs.
@@ -165,7 +166,8 @@ reconstruction_error = float(np.mean((decode(latents[:NUM_HOLDOUT]) - train_pixe
 stage(f"latents {latents.shape[1:]}: values in [{latents.min():.2f}, {latents.max():.2f}], "
       f"reconstruction MSE {reconstruction_error:.4f}")
 with atomic_path(os.path.join(args.output, "data.npz")) as temporary:
-    np.savez(temporary, pixels=train_pixels, latents=latents, holdout_pixels=holdout_pixels)
+    np.savez(temporary, pixels=train_pixels, latents=latents, holdout_pixels=holdout_pixels,
+             labels=train_labels, holdout_labels=holdout_labels)
 
 
 # ## The feature space of the metrics: a small digits classifier.
@@ -180,6 +182,7 @@ classifier.fit(train_pixels, train_labels, batch_size=64, epochs=60, verbose=0)
 accuracy = float(classifier.evaluate(holdout_pixels, holdout_labels, verbose=0)[1])
 embed = keras.Model(inputs, penultimate)
 save_model_atomic(embed, os.path.join(args.output, "features.keras"))
+save_model_atomic(classifier, os.path.join(args.output, "classifier.keras"))  # conditional accuracy, here and later
 reference = features(embed, train_pixels)  # each model's 500 samples are scored against these
 stage(f"digits classifier: {100 * accuracy:.1f}% held-out accuracy")
 
@@ -358,7 +361,7 @@ if not args.no_ilct:
     print("iLCT:", json.dumps(results["ilct"]))
     print(results["verdict"]["sentence"])
 written = ["samples.png (held-out real | 1-step | 2-step)", "training.png", "metrics.json", "model.keras",
-           "autoencoder.keras", "features.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
+           "autoencoder.keras", "features.keras", "classifier.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz"]
 if not args.no_ilct:
     written.insert(4, "ilct.keras")
 if not args.no_conditional:

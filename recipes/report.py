@@ -10,7 +10,7 @@ committed runs are `docs/results/quickstart-<backend>.json`, each a `make demo` 
     python recipes/report.py            # rewrites the generated blocks of README.md and docs/results.md
     python recipes/report.py --check    # exit 1 when a file's blocks differ from what it renders
 
-It renders three blocks, each between HTML comment markers that it finds in the files:
+It renders four blocks, each between HTML comment markers that it finds in the files:
 
 - `quickstart table`: the first file's run (the demo's backend, tensorflow, when there is one) as a
   table of Frechet distance and recall (held-out real digits, the paper's method and iLCT at 1
@@ -24,6 +24,10 @@ It renders three blocks, each between HTML comment markers that it finds in the 
 - `conditional design table`: the class-conditional model's design runs
   (`docs/results/conditional-design-2026-12-07.json`), one row per setting with the mean 1-step
   accuracy over its seeds, each seed's, and the mean 2-step accuracy. In docs/results.md.
+- `objectives table`: `recipes/compare_objectives.py`'s run (`docs/results/objectives-tensorflow.json`,
+  its `results.json`): per method the steps trained in the equal wall time, the 1- and 2-step
+  Frechet distance, recall and conditional accuracy (mean ± std over the seeds), and whether
+  MeanFlow's mean 1-step distance is at or below the paper's method's. In docs/results.md.
 
 The quickstart imports `seed_summary` and `one_step_verdict` from here, so the verdict it prints
 is the one the pages show.
@@ -49,6 +53,8 @@ QUICKSTART_BLOCK = "quickstart table"
 BACKENDS_BLOCK = "backends table"
 CONDITIONAL_DESIGN_BLOCK = "conditional design table"
 CONDITIONAL_DESIGN_RUNS = os.path.join(RESULTS_FOLDER, "conditional-design-2026-12-07.json")
+OBJECTIVES_BLOCK = "objectives table"
+OBJECTIVES_RUNS = os.path.join(RESULTS_FOLDER, "objectives-tensorflow.json")
 RERUN = (
     "rerun the quickstart with this version (`make demo`, or `KERAS_BACKEND=<backend> python "
     "recipes/quickstart.py`) and copy its runs/quickstart/metrics.json to docs/results/quickstart-<backend>.json"
@@ -69,12 +75,13 @@ class ReportError(Exception):
 
 
 # ## Seeds: the quickstart's scores are means over seeds, and a win counts only beyond their spread.
-def seed_summary(runs):
+def seed_summary(runs, names=SCORES):
     """The mean and the standard deviation (n - 1; 0 for one seed) of each score over a model's seeds.
 
     Args:
         runs: one `{"one_step": scores, "two_step": scores}` per seed, each `scores` a
-            `{"frechet_distance": float, "recall": float}`.
+            `{"frechet_distance": float, "recall": float}` (and any other score `names` lists).
+        names: the scores summarized.
 
     Returns:
         `{"one_step": {"frechet_distance", "recall", "frechet_distance_std", "recall_std"}, "two_step": ...}`.
@@ -82,7 +89,7 @@ def seed_summary(runs):
     summary = {}
     for steps in ("one_step", "two_step"):
         summary[steps] = {}
-        for score in SCORES:
+        for score in names:
             values = [run[steps][score] for run in runs]
             summary[steps][score] = statistics.fmean(values)
             summary[steps][f"{score}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -314,6 +321,44 @@ def conditional_design_block(path=CONDITIONAL_DESIGN_RUNS):
     return "\n".join(lines)
 
 
+def objectives_block(path=OBJECTIVES_RUNS):
+    """The paper's method against MeanFlow at equal wall time: one row per method, mean ± std over the seeds."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            run = json.load(file)
+        methods = run["methods"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ReportError(f"cannot read the objectives run {shown(path)} ({error})") from None
+    seeds = len(run["seeds"])
+    spread = lambda summary, score, scale=1: (  # noqa: E731
+        f"{scale * summary[score]:.{1 if scale > 1 else 2}f} ± {scale * summary[score + '_std']:.{1 if scale > 1 else 2}f}")
+    lines = [
+        start_marker(OBJECTIVES_BLOCK),
+        "| objective | steps in the time | 1-step FD | 2-step FD | 1-step recall | 1-step accuracy (%) | 2-step accuracy (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    paper_first = sorted(methods.items(), key=lambda item: item[0] != "the paper's method")
+    for name, summary in paper_first:
+        steps = statistics.fmean(seed["steps"] for seed in summary["per_seed"])
+        lines.append(f"| {name} | {steps:.0f} | {spread(summary['one_step'], 'frechet_distance')} "
+                     f"| {spread(summary['two_step'], 'frechet_distance')} | {spread(summary['one_step'], 'recall')} "
+                     f"| {spread(summary['one_step'], 'accuracy', 100)} | {spread(summary['two_step'], 'accuracy', 100)} |")
+    paper = round(methods["the paper's method"]["one_step"]["frechet_distance"], 2)
+    paper_runs = methods["the paper's method"]["per_seed"]
+    verdicts = []
+    for name, summary in paper_first[1:]:
+        below = sum(run["one_step"]["frechet_distance"] <= theirs["one_step"]["frechet_distance"]
+                    for run, theirs in zip(summary["per_seed"], paper_runs))
+        where = "at or below" if round(summary["one_step"]["frechet_distance"], 2) <= paper else "above"
+        verdicts.append(f"{name} {where} it (at or below the paper's method's seed on {below} of {seeds} seeds)")
+    seconds = statistics.fmean(seed["seconds"] for seed in methods["the paper's method"]["per_seed"])
+    lines += ["", f"{seeds} seeds, each method trained for the paper's method's time with the same seed (about "
+              f"{seconds:.0f} s, its {run['steps']} steps); {run['num_samples']} samples per model, digits 0-9 in turn. "
+              f"Against the paper's method's mean 1-step Frechet distance ({paper:.2f}): {listed(verdicts)}. "
+              f"Run on {run['backend']}, {run['date'][:10]}, commit {run['commit']}.", END_MARKER]
+    return "\n".join(lines)
+
+
 def listed(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -372,7 +417,7 @@ def rendered_pages(runs, readme, results):
     blocks = {
         readme: [(QUICKSTART_BLOCK, quickstart_block(runs[0], "; the other backends are in [docs/results.md](docs/results.md)"))],
         results: [(QUICKSTART_BLOCK, quickstart_block(runs[0])), (BACKENDS_BLOCK, backends_block(runs)),
-                  (CONDITIONAL_DESIGN_BLOCK, conditional_design_block())],
+                  (CONDITIONAL_DESIGN_BLOCK, conditional_design_block()), (OBJECTIVES_BLOCK, objectives_block())],
     }
     pages = {}
     for path, page_blocks in blocks.items():

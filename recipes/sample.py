@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--vae-preset", help="autoencoder config of a single weights file (default: sd-vae-ft-ema)")
     parser.add_argument("--num", type=int, default=64, help="number of images (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=1, choices=[1, 2], help="network evaluations (default: %(default)s)")
-    parser.add_argument("--ts", type=float, nargs="+", help="noise levels of a multistep sampler instead of --steps, e.g. 80 0.8 0.2")
+    parser.add_argument("--ts", type=float, nargs="+", help="noise levels of a multistep sampler instead of --steps, e.g. 80 0.8 0.2 "
+                        "(a MeanFlow model: times in (0, 1], e.g. 1 0.6 0.3)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per network call (default: %(default)s)")
     parser.add_argument("--online", action="store_true", help="sample with the online weights instead of the EMA")

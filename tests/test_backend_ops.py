@@ -50,7 +50,7 @@ def value_and_gradients(fn, variables):
     with tf.GradientTape() as tape:
         value = fn()
     grads = tape.gradient(value, [v.value for v in variables])
-    return value.numpy(), [g.numpy() for g in grads]
+    return value.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]  # an embedding's: IndexedSlices
 
 
 def both_paths(fn, variables):

@@ -125,32 +125,32 @@ def test_objective_matches_an_independent_computation(distance):
     clean = mixture(64, seed=3)
     noise = np.random.default_rng(4).standard_normal(clean.shape).astype("float32")
     step = ops.convert_to_tensor(0, "int32")
-    _, index, _ = model._training_draws(ops.convert_to_tensor(clean), noise, step, ops.convert_to_tensor(21, "int32"))
+    _, index, _ = model.objective.draws(model, ops.convert_to_tensor(clean), noise, step, ops.convert_to_tensor(21, "int32"))
     index = ops.convert_to_numpy(index)
     assert index.min() >= 0 and index.max() <= 19
     c = schedules.ict_c0(2)
     consistency, diffusion, total = numpy_objective(model, clean, noise, index, 21, c, distance)
     value = float(model.compute_loss(x=clean, y=noise, training=False))
     assert value == pytest.approx(total, rel=2e-4)
-    assert float(model.consistency_loss_tracker.result()) == pytest.approx(consistency, rel=2e-4)
-    assert float(model.diffusion_loss_tracker.result()) == pytest.approx(diffusion, rel=2e-4)
+    assert float(model.objective_trackers["consistency_loss"].result()) == pytest.approx(consistency, rel=2e-4)
+    assert float(model.objective_trackers["diffusion_loss"].result()) == pytest.approx(diffusion, rel=2e-4)
 
 
 def test_diffusion_loss_is_zero_not_nan_when_no_sample_is_in_the_subset():
     model = toy_model(diffusion_fraction=0.0)
     value = float(model.compute_loss(x=mixture(16), training=False))
     assert np.isfinite(value)
-    assert float(model.diffusion_loss_tracker.result()) == 0.0
+    assert float(model.objective_trackers["diffusion_loss"].result()) == 0.0
     everything = toy_model(diffusion_fraction=1.0)
     everything.compute_loss(x=mixture(16), training=False)
-    assert float(everything.diffusion_loss_tracker.result()) > 0.0
+    assert float(everything.objective_trackers["diffusion_loss"].result()) > 0.0
 
 
 def test_noise_differs_between_steps_and_samples_and_repeats_for_a_step():
     model = toy_model()
     clean = ops.convert_to_tensor(mixture(32))
     n = ops.convert_to_tensor(641, "int32")
-    draws = [model._training_draws(clean, None, ops.convert_to_tensor(step, "int32"), n) for step in (0, 1, 0)]
+    draws = [model.objective.draws(model, clean, None, ops.convert_to_tensor(step, "int32"), n) for step in (0, 1, 0)]
     noise = [ops.convert_to_numpy(noise) for noise, _, _ in draws]
     index = [ops.convert_to_numpy(index) for _, index, _ in draws]
     assert not np.allclose(noise[0], noise[1])
@@ -292,6 +292,22 @@ def test_ema_tracks_the_online_weights_and_keeps_them_apart():
         np.testing.assert_array_equal(a, b)
     for a, b in zip(model.network.trainable_variables, online):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), b)
+
+
+@pytest.mark.compiled_step
+def test_ema_folds_in_the_weights_after_each_optimizer_update():
+    # The authors' loop: optimizer.step(), then update_ema. After k updates the average is the
+    # recurrence a_k = d a_(k-1) + (1 - d) w_k over the weights w_k AFTER update k, from a_0 = w_0.
+    decay = 0.6
+    model = toy_model(ema_decays=(decay,))
+    weights = lambda: [ops.convert_to_numpy(v).astype(np.float64) for v in model.network.trainable_variables]
+    average = weights()
+    for step in range(3):
+        model.fit(mixture(16, seed=step), batch_size=16, epochs=1, verbose=0)
+        average = [decay * a + (1 - decay) * w for a, w in zip(average, weights())]
+    assert int(model.training_step) == 3
+    for expected, kept in zip(average, model.ema.averages[0]):
+        np.testing.assert_allclose(ops.convert_to_numpy(kept), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_sampling_steps_ts_and_determinism():

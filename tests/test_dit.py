@@ -169,12 +169,21 @@ def test_fresh_dit_is_initialized_as_theirs():
     assert not np.any(ops.convert_to_numpy(dit.blocks[0].qkv.bias))
 
 
-@pytest.mark.parametrize("arguments", [dict(), dict(num_classes=3, label_dropout=0.2, norm="nsln")],
-                         ids=["unconditional", "conditional"])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(),
+        dict(num_classes=3, label_dropout=0.2, norm="nsln"),
+        dict(num_classes=3, label_dropout=0.2, interval_embedding=True),
+    ],
+    ids=["unconditional", "conditional", "intervals"],
+)
 def test_keras_file_round_trip(arguments, tmp_path):
     dit = DiT(**MICRO, **arguments)
     rng = np.random.default_rng(1)
     inputs = [rng.normal(size=(2, 8, 8, 4)).astype("float32"), np.array([-50.0, 600.0], "float32")]
+    if dit.interval_embedding:
+        inputs.append(np.array([0.25, 0.0], "float32"))
     if dit.num_classes:
         inputs.append(np.array([2, 3], "int32"))
     dit(inputs)
@@ -186,6 +195,34 @@ def test_keras_file_round_trip(arguments, tmp_path):
     assert restored.get_config() == dit.get_config()
     assert np.abs(expected).max() > 0
     np.testing.assert_allclose(ops.convert_to_numpy(restored(inputs)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_interval_embedding_is_a_second_timestep_mlp_summed_into_the_conditioning():
+    """MeanFlow's DiT: c = t_emb + h_emb (+ y_emb), both MLPs on the same sinusoid (docs/reference.md "MeanFlow")."""
+    labels = dict(num_classes=3, label_dropout=0.1)
+    meanflow, plain = DiT(**MICRO, **labels, interval_embedding=True, name="dit"), DiT(**MICRO, **labels, name="dit")
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 4)).astype("float32")
+    t, class_labels = np.array([0.2, 0.9], "float32"), np.array([2, 3], "int32")
+    assert meanflow([x, t, t]).shape == (2, 8, 8, 4)  # the null class
+    plain([x, t])
+    assert not any("interval" in weight.path for weight in plain.weights)
+    assert (meanflow.interval_dense0.kernel.shape, meanflow.interval_dense1.kernel.shape) == ((256, 32), (32, 32))
+    assert 0.01 < np.std(ops.convert_to_numpy(meanflow.interval_dense0.kernel)) < 0.03  # as the timestep MLP
+    rng = np.random.default_rng(3)
+    for weight in plain.trainable_weights:  # adaLN-Zero: a fresh DiT outputs zeros
+        weight.assign(rng.normal(size=weight.shape).astype("float32") * 0.1)
+    weights = {weight.path: weight for weight in plain.weights}
+    for weight in meanflow.weights:  # the interval MLP a copy of the timestep MLP
+        weight.assign(weights[weight.path.replace("interval_dense", "timestep_dense")])
+    for weight in plain.timestep_dense1.weights:  # so that t_emb + h_emb at h = t is twice t_emb
+        weight.assign(2.0 * weight)
+    expected = ops.convert_to_numpy(plain([x, t, class_labels]))
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(ops.convert_to_numpy(meanflow([x, t, t, class_labels])), expected, rtol=0, atol=1e-5)
+    other = ops.convert_to_numpy(meanflow([x, t, np.array([0.0, 0.5], "float32"), class_labels]))
+    assert np.abs(other - expected).min() > 0  # every sample moved by its interval
+    symbolic = [keras.KerasTensor((None, 8, 8, 4)), keras.KerasTensor((None,)), keras.KerasTensor((None,))]
+    assert DiT(**MICRO, interval_embedding=True)(symbolic).shape == (None, 8, 8, 4)
 
 
 def test_symbolic_build_as_the_consistency_model_does():
@@ -225,6 +262,12 @@ def test_mixed_bfloat16_computes_in_bfloat16_and_keeps_weights_in_float32():
          r"unconditional \(num_classes=0\) but received class labels"),
         (lambda: DiT(**MICRO, num_classes=4)([np.zeros((1, 8, 8, 4)), np.zeros((1,))]),
          r"has no null class \(label_dropout=0\): call it on \[x, noise_labels, class_labels\]"),
+        (lambda: DiT(**MICRO, interval_embedding=True)([np.zeros((1, 8, 8, 4)), np.zeros((1,))]),
+         r"\[x, noise_labels, intervals\]; received 2 inputs\. It was built with `interval_embedding=True`"),
+        (lambda: DiT(**MICRO, num_classes=4, interval_embedding=True).build([(None, 8, 8, 4), (None,), (None,)]),
+         r"call it on \[x, noise_labels, intervals, class_labels\]"),
+        (lambda: DiT(**MICRO).build([(None, 8, 8, 4), (None,), (None,), (None,)]),
+         "Only a network built with `interval_embedding=True` takes intervals"),
         (lambda: DiT(**MICRO, label_dropout=0.1), "the network is unconditional"),
         (lambda: DiT(**MICRO, num_classes=-1), "num_classes"),
         (lambda: DiT(**MICRO, num_classes=3, label_dropout=1.0), "label_dropout"),

@@ -9,6 +9,9 @@ from keras import ops
 
 from keras_lct import layers
 from keras_lct.backend import use_fast_paths
+from keras_lct.layers.embedding import check_conditional_inputs
+from keras_lct.layers.embedding import split_conditional_inputs
+from keras_lct.models import MLPDenoiser
 from layer_test_case import run_layer_test
 
 
@@ -304,3 +307,62 @@ def test_sincos_position_embedding_against_numpy():
 def test_bad_arguments(make, words):
     with pytest.raises(ValueError, match=words):
         make()
+
+
+@pytest.mark.parametrize(
+    "num_classes, label_dropout, given, expected",
+    [
+        (0, 0.0, ["x", "t", "h"], ("x", "t", "h", None)),
+        (3, 0.0, ["x", "t", "h", "y"], ("x", "t", "h", "y")),
+        (3, 0.1, ["x", "t", "h"], ("x", "t", "h", "null")),  # no labels: the null class
+    ],
+)
+def test_conditional_inputs_split_with_intervals(num_classes, label_dropout, given, expected):
+    tensors = {"x": np.zeros((2, 5), "float32"), "t": np.array([0.5, 0.9]), "h": np.array([0.1, 0.0]), "y": np.array([2, 0])}
+    split = split_conditional_inputs([tensors[name] for name in given], num_classes, label_dropout, "Net", True)
+    for value, name in zip(split, expected):
+        if name is None:
+            assert value is None
+        elif name == "null":
+            np.testing.assert_array_equal(numpy_of(value), [num_classes] * 2)
+        else:
+            assert value is tensors[name]
+    assert split_conditional_inputs([tensors["x"], tensors["t"]], 0, 0.0, "Net")[2:] == (None, None)
+
+
+@pytest.mark.parametrize(
+    "count, num_classes, label_dropout, interval_embedding, words",
+    [
+        (2, 0, 0.0, True, r"takes the inputs \[x, noise_labels, intervals\]; received 2 inputs\. .*pass the intervals"),
+        (2, 3, 0.1, True, r"\[x, noise_labels, intervals, class_labels\] or \[x, noise_labels, intervals\] \(the null"),
+        (4, 0, 0.0, True, r"unconditional \(num_classes=0\) but received class labels: call it on \[x, noise_labels, intervals\]"),
+        (3, 3, 0.0, True, r"no null class \(label_dropout=0\): call it on \[x, noise_labels, intervals, class_labels\]"),
+        (4, 3, 0.0, False, r"received 4 inputs\. Only a network built with `interval_embedding=True` takes intervals"),
+        (3, 0, 0.0, False, r"received class labels: .*or with `interval_embedding=True` to take intervals"),
+        (5, 3, 0.1, True, r"received 5 inputs\. Call it on a list of these tensors"),
+    ],
+)
+def test_conditional_inputs_name_the_list_to_pass(count, num_classes, label_dropout, interval_embedding, words):
+    with pytest.raises(ValueError, match=words):
+        check_conditional_inputs([(None,)] * count, num_classes, label_dropout, "Net", interval_embedding)
+
+
+@pytest.mark.parametrize("arguments", [dict(), dict(num_classes=3, label_dropout=0.1)], ids=["unconditional", "conditional"])
+def test_mlp_denoiser_takes_intervals(arguments, tmp_path):
+    network = MLPDenoiser(3, width=8, depth=1, interval_embedding=True, **arguments)
+    rng = np.random.default_rng(10)
+    x, noise_labels = rng.normal(size=(2, 3)).astype("float32"), np.array([-300.0, 200.0], "float32")
+    labels = [np.array([1, 3], "int32")] if network.num_classes else []
+    assert network([x, noise_labels, np.zeros(2, "float32")] + labels).shape == (2, 3)
+    for weight in network.weights:  # the output projection starts at zero
+        weight.assign(rng.normal(size=weight.shape).astype("float32"))
+    assert {"interval_embedding_0", "interval_embedding_1"} <= {layer.name for layer in network.layers}
+    short, long = ([numpy_of(network([x, noise_labels, np.full(2, h, "float32")] + labels)) for h in (0.0, 1.0)])
+    assert np.abs(short - long).min() > 0  # every sample moved by its interval
+    network.save(tmp_path / "mlp.keras")
+    restored = keras.models.load_model(tmp_path / "mlp.keras")
+    assert restored.interval_embedding and restored.get_config() == network.get_config()
+    np.testing.assert_allclose(numpy_of(restored([x, noise_labels, np.ones(2, "float32")] + labels)), long, rtol=1e-5, atol=1e-5)
+    plain = MLPDenoiser(3, width=8, depth=1, **arguments)
+    plain([x, noise_labels] + labels)
+    assert not plain.interval_embedding and not any("interval" in weight.path for weight in plain.weights)

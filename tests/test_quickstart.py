@@ -23,7 +23,7 @@ TRAINS_CONDITIONAL = once_tests_run_here()
 
 ARTIFACTS = [
     "samples.png", "training.png", "metrics.json", "model.keras", "ilct.keras", "autoencoder.keras", "features.keras",
-    "impulsive_noise.png", "impulsive_noise.json", "data.npz",
+    "classifier.keras", "impulsive_noise.png", "impulsive_noise.json", "data.npz",
 ]
 
 

@@ -116,19 +116,22 @@ def test_the_recipes_offer_every_network_preset_of_the_library():
 def test_imagenet_smoke_trains_a_class_conditional_dit_and_sample_py_draws_it_by_label(tmp_path):
     """The recipes' labelled path: class folders -> labelled cache -> conditional DiT -> sample.py --labels.
 
-    Conditional training and sampling run on every backend in-process (test_conditional.py, test_dit.py);
-    here, the recipes' own Python: run.json, the cache's classes, sample.py's grid, files and refusals.
+    Conditional training and sampling run on every backend in-process (test_conditional.py, test_dit.py,
+    test_objectives.py); here, the recipes' own Python: run.json, the cache's classes, `--objective
+    meanflow` (a DiT with its interval input, guidance from the labels), sample.py's grid, files and refusals.
     """
     output = tmp_path / "imagenet"
-    result = run_recipe("imagenet.py", "--smoke", "--output", output)
+    result = run_recipe("imagenet.py", "--smoke", "--output", output, "--objective", "meanflow", "--loss", "squared_norm")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "3 classes" in result.stdout and "Network DiT-smoke" in result.stdout
     settings = json.loads((output / "run.json").read_text())
     assert settings["network"] == "DiT-smoke" and settings["labels"] is True and settings["ot"] is False
+    assert settings["objective"] == "meanflow" and settings["loss"] == "squared_norm"
     cache = keras_lct.data.LatentCache(output / "latents")
     assert cache.class_names == ["large", "medium", "small"] and sorted(set(cache.labels.tolist())) == [0, 1, 2]
     model = keras.models.load_model(output / "lct.keras")
     assert model.num_classes == 3 and model.label_dropout == 0.1
+    assert model.objective.name == "meanflow" and model.objective.distance == "squared_norm" and model.network.interval_embedding
 
     vae, grid, each = output / "smoke_inputs" / "vae.keras", tmp_path / "grid.png", tmp_path / "each"
     result = run_recipe("sample.py", "--model", output / "lct.keras", "--vae", vae, "--num", 6, "--steps", 2,

@@ -77,7 +77,7 @@ def pages(folder):
     readme, results = folder / "README.md", folder / "results.md"
     readme.write_text(f"# title\n\n{START.format('quickstart table')}\n{END}\n\nafter\n")
     results.write_text(f"before\n{START.format('quickstart table')}\n{END}\nmiddle\n{START.format('backends table')}\n{END}\n"
-                       f"{START.format('conditional design table')}\n{END}\n")
+                       f"{START.format('conditional design table')}\n{END}\n{START.format('objectives table')}\n{END}\n")
     return readme, results
 
 
@@ -208,6 +208,28 @@ def test_seed_summary_and_verdict_against_hand_computed_values():
     assert verdict["winner"] == "iLCT" and verdict["sentence"].startswith("The paper's method lost to iLCT")
     verdict = module.one_step_verdict(summary, summary, 1)
     assert verdict["winner"] == "neither" and not verdict["beyond_spread"] and "one seed" in verdict["sentence"]
+
+
+@pytest.mark.backend_neutral
+def test_the_objectives_table_puts_the_papers_method_first_and_counts_the_seeds_it_beats(tmp_path):
+    def method(one_step_fds, accuracy):
+        runs = [{"one_step": dict(scores(fd, 0.5), accuracy=accuracy), "two_step": dict(scores(fd, 0.5), accuracy=accuracy),
+                 "steps": 100 + index, "seconds": 40.0 + index} for index, fd in enumerate(one_step_fds)]
+        return {**load_report().seed_summary(runs, ("frechet_distance", "recall", "accuracy")), "per_seed": runs}
+
+    path = tmp_path / "objectives.json"
+    path.write_text(json.dumps({
+        "methods": {"MeanFlow": method([2.0, 9.0, 3.0], 0.99), "the paper's method": method([2.5, 2.5, 2.6], 0.87)},
+        "seeds": [0, 1, 2], "steps": 900, "num_samples": 500, "backend": "jax", "date": "2026-12-07T10:00:00+00:00",
+        "commit": "abc1234",
+    }))
+    block = load_report().objectives_block(str(path))
+    rows = [line for line in block.splitlines() if line.startswith("| ") and "objective" not in line]
+    assert rows[0].startswith("| the paper's method | 101 | 2.53 ± 0.06 ") and rows[1].startswith("| MeanFlow | 101 | 4.67 ± 3.79 ")
+    assert "| 87.0 ± 0.0 |" in rows[0] and "| 99.0 ± 0.0 |" in rows[1]
+    # 4.67 > 2.53 on the mean; seeds 0 (2.0 <= 2.5) and 2 (3.0 > 2.6): one of three.
+    assert "MeanFlow above it (at or below the paper's method's seed on 1 of 3 seeds)" in block
+    assert "about 41 s, its 900 steps" in block and "jax, 2026-12-07, commit abc1234" in block
 
 
 @pytest.mark.backend_neutral

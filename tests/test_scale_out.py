@@ -58,8 +58,8 @@ def test_micro_batches_draw_different_indices_that_together_are_the_whole_batchs
     model = tiny_model(RAdam(1e-3, gradient_accumulation_steps=4))
     clean = keras.ops.convert_to_tensor(DATA[:8])
     step = keras.ops.convert_to_tensor(0)
-    _, whole, _ = model._training_draws(keras.ops.convert_to_tensor(DATA[:32]), None, step, 11)
-    parts = [keras.ops.convert_to_numpy(model._training_draws(clean, None, step, 11, share, 4)[1]) for share in range(4)]
+    _, whole, _ = model.objective.draws(model, keras.ops.convert_to_tensor(DATA[:32]), None, step, 11)
+    parts = [keras.ops.convert_to_numpy(model.objective.draws(model, clean, None, step, 11, share, 4)[1]) for share in range(4)]
     np.testing.assert_array_equal(np.concatenate(parts), keras.ops.convert_to_numpy(whole))
     assert len({tuple(part) for part in parts}) == 4
 

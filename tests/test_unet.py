@@ -86,6 +86,36 @@ def test_class_labels_enter_the_embedding_and_the_null_class_adds_nothing():
     assert UNet.from_config(conditional.get_config()).get_config() == conditional.get_config()
 
 
+def test_the_interval_embedding_is_a_second_mapping_summed_into_the_embedding(zero_initializers):  # all set below
+    """MeanFlow's h = t - r: map_noise, then a mapping of its own, added before the last SiLU (docs/unet.md)."""
+    x = np.random.default_rng(5).normal(size=(2, 8, 8, 2)).astype("float32")
+    t, class_labels = np.array([0.3, 1.0], "float32"), np.array([0, 2], "int32")
+    plain = UNet(**MICRO, num_classes=3, label_dropout=0.1, name="unet")
+    plain.build([(None, 8, 8, 2), (None,), (None,)])
+    randomize_zero_initialized_layers(plain)
+    assert not any("interval" in weight.path for weight in plain.weights)
+    meanflow = UNet(**MICRO, num_classes=3, label_dropout=0.1, interval_embedding=True, name="unet")
+    assert meanflow([x, t, t]).shape == (2, 8, 8, 2)  # the null class
+    assert [w.shape for w in meanflow.map_interval_layer0.weights] == [w.shape for w in plain.map_layer0.weights]
+    weights = {weight.path: weight for weight in plain.weights}
+    for weight in meanflow.weights:  # the interval mapping a copy of the noise mapping
+        weight.assign(weights[weight.path.replace("map_interval_layer", "map_layer")])
+    for weight in plain.map_layer1.weights:  # so that the two mappings at h = t sum to twice the noise mapping
+        weight.assign(2.0 * weight)
+    expected = ops.convert_to_numpy(plain([x, t, class_labels]))
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(ops.convert_to_numpy(meanflow([x, t, t, class_labels])), expected, rtol=0, atol=1e-5)
+    other = ops.convert_to_numpy(meanflow([x, t, np.array([0.0, 0.5], "float32"), class_labels]))
+    assert np.abs(other - expected).max() > 1e-3  # the interval moves the output
+    config = meanflow.get_config()
+    assert config["interval_embedding"] and UNet.from_config(config).get_config() == config
+    symbolic = [keras.KerasTensor((None, 8, 8, 2)), keras.KerasTensor((None,)), keras.KerasTensor((None,))]
+    with pytest.raises(ValueError, match=r"call it on \[x, noise_labels, intervals, class_labels\]"):
+        UNet(**MICRO, num_classes=3, interval_embedding=True)(symbolic)
+    with pytest.raises(ValueError, match=r"received 2 inputs\. It was built with `interval_embedding=True`"):
+        UNet(**MICRO, interval_embedding=True)(symbolic[:2])
+
+
 def test_symbolic_build_with_labels_as_the_consistency_model_does():
     unet = UNet(**MICRO, num_classes=10)
     x, t, y = keras.KerasTensor((None, 8, 8, 2)), keras.KerasTensor((None,)), keras.KerasTensor((None,), "int32")

@@ -12,6 +12,13 @@ student's forward with its backward, compiled by AOTAutograd; the target's
 no-gradient forward), each specialized to the batch's shape. The draws, the
 loss, the optimizer and the EMA stay outside, as the eager step runs them.
 
+A call inside a JVP (`keras_lct.backend.forward_mode.jvp`, torch.func.jvp)
+runs eagerly: dynamo cannot trace a compiled function called from within
+`torch.func.jvp`, gives up on it and marks its code to be skipped (the
+compiled graph of the plain calls then goes unused too;
+https://github.com/pytorch/pytorch/issues/128711). So the caller never hands
+it such a call.
+
 `jit_compile` may be a mode of `torch.compile` (`TORCH_COMPILE_MODES`):
 `"reduce-overhead"` adds CUDA graphs on a GPU, `"max-autotune"` also
 benchmarks kernel choices. On jax and tensorflow a mode means
@@ -23,6 +30,7 @@ import weakref
 import keras
 
 from keras_lct._validation import check_choice
+from keras_lct.backend import fast_paths
 
 TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -57,7 +65,8 @@ def network_caller(network, jit_compile):
     Returns:
         `network` itself, except on torch with `jit_compile` on: a callable
         with the same signature that runs the call compiled by
-        `torch.compile(mode=...)`, made once per network and mode.
+        `torch.compile(mode=...)`, made once per network and mode, and
+        eagerly inside a JVP (`fast_paths.in_forward_mode()`).
     """
     if not jit_compile or keras.backend.backend() != "torch":
         return network
@@ -72,6 +81,11 @@ def network_caller(network, jit_compile):
         # Shapes are static in a training run; dynamic shapes trip inductor on the strides of
         # the convolutions' permuted views (fast_paths.conv2d), a stride mismatch of the kind of
         # https://github.com/pytorch/pytorch/issues/159462.
-        callers[mode] = torch.compile(call, mode=mode, dynamic=False)
+        compiled_call = torch.compile(call, mode=mode, dynamic=False)
+
+        def compiled_outside_forward_mode(inputs, training=False):
+            return (call if fast_paths.in_forward_mode() else compiled_call)(inputs, training=training)
+
+        callers[mode] = compiled_outside_forward_mode
     return callers[mode]
 

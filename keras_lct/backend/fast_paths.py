@@ -35,6 +35,12 @@ tensor per layer instead of two, which lowers the step's peak memory.
 
 `use_fast_paths(False)` switches all of them off (the tests check that both
 paths give the same loss, gradients and updates).
+
+Forward mode: while `keras_lct.backend.forward_mode.jvp` runs a function
+(`forward_mode()` is on), the fast paths without a forward-mode rule step
+aside for the plain code: `dot_product_attention` (torch's fused attention
+kernels, flash and memory-efficient, have no forward-mode derivative). The
+others are differentiated in forward mode as they are (tests/test_jvp.py).
 """
 
 import contextlib
@@ -44,11 +50,21 @@ import keras
 from keras import ops
 from keras.src.backend.common import global_state  # Keras' call context and autocast scope (DirectNestedCall)
 
-_STATE = threading.local()
+
+class _ThreadState(threading.local):
+    """Per-thread switches; the class attributes are every thread's defaults, so that the
+    attributes always exist (torch.compile guards on them: one present from the start
+    keeps a compiled graph valid after a `forward_mode()` has come and gone)."""
+
+    enabled = True
+    forward_mode = False
+
+
+_STATE = _ThreadState()
 
 
 def _switched_on():
-    return getattr(_STATE, "enabled", True)
+    return _STATE.enabled
 
 
 def fast_paths_enabled():
@@ -66,12 +82,33 @@ def use_fast_paths(enabled=True):
         loss = model.compute_loss(x)        # the plain keras.ops code
     ```
     """
-    previous = getattr(_STATE, "enabled", True)
+    previous = _STATE.enabled
     _STATE.enabled = bool(enabled)
     try:
         yield
     finally:
         _STATE.enabled = previous
+
+
+@contextlib.contextmanager
+def forward_mode():
+    """Context in which a JVP is traced: the fast paths without a forward-mode rule step aside.
+
+    Entered by `keras_lct.backend.forward_mode.jvp` around the function it
+    differentiates; a Python flag, so it holds where the function is traced
+    (jax's jit, tf.function) and where it runs eagerly (torch).
+    """
+    previous = _STATE.forward_mode
+    _STATE.forward_mode = True
+    try:
+        yield
+    finally:
+        _STATE.forward_mode = previous
+
+
+def in_forward_mode():
+    """Whether a JVP is being traced (within `forward_mode()`)."""
+    return _STATE.forward_mode
 
 
 def _channels_last_tensor(inputs):
@@ -282,8 +319,9 @@ def dot_product_attention(query, key, value):
     """`softmax(q k^T / sqrt(d)) v` for (batch, tokens, heads, d) inputs, in
     float32, by torch's fused attention kernel; returned as (batch, tokens,
     heads, d) in the dtype of `value`; or None. The kernel of
-    `keras_lct.layers.core.dot_product_attention`, whose `keras.ops` code is the reference."""
-    if not fast_paths_enabled():
+    `keras_lct.layers.core.dot_product_attention`, whose `keras.ops` code is the reference.
+    None in `forward_mode()`: torch's fused kernels have no forward-mode derivative."""
+    if not fast_paths_enabled() or in_forward_mode():
         return None
     import torch.nn.functional as F
 

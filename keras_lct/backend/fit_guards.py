@@ -6,7 +6,9 @@
   batch that never arrived leaves the step counter and EMA alone;
 - `check_sample_shape` (tensorflow): a run-time shape check that gates the
   batch, for sample shapes unknown when the step is traced;
-- `optimizer_built_before_tracing` (tensorflow): the step is traced once, not twice.
+- `optimizer_built_before_tracing` (tensorflow): the step is traced once, not twice;
+- `after_update`: state updates that read the weights the optimizer has just
+  updated (the EMA), in jax's functional step as in the others.
 
 Each is a no-op (or the plain answer) on the backends that need nothing.
 """
@@ -32,6 +34,32 @@ def after(tensors):
     import tensorflow as tf
 
     return tf.control_dependencies(tensors)
+
+
+def after_update(model, keras_train_step, args, kwargs, update):
+    """Runs Keras' `train_step`, then `update()`, which reads the updated weights and assigns model state.
+
+    torch and tensorflow update the variables in place, so `update` runs
+    after the step (on tensorflow, `tf.function`'s automatic control
+    dependencies order it after the optimizer's assignments). jax's step is
+    functional: `train_step(state, data)` returns the new state, and
+    `update` then runs in a `StatelessScope` over it, its assignments
+    written back into the state's non-trainable variables.
+    """
+    if keras.backend.backend() != "jax":
+        logs = keras_train_step(*args, **kwargs)
+        update()
+        return logs
+    logs, state = keras_train_step(*args, **kwargs)
+    trainable, non_trainable, optimizer_variables, metrics_variables = state
+    mapping = list(zip(model.trainable_variables, trainable)) + list(zip(model.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        update()
+    non_trainable = [
+        value if (updated := scope.get_current_value(variable)) is None else updated
+        for variable, value in zip(model.non_trainable_variables, non_trainable)
+    ]
+    return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 
 
 def optimizer_built_before_tracing(model):

@@ -219,43 +219,71 @@ def check_class_arguments(num_classes, label_dropout, network):
     return int(num_classes), float(label_dropout)
 
 
-def check_conditional_inputs(inputs, num_classes, label_dropout, network):
+def _input_names(num_classes, interval_embedding):
+    """A denoiser's inputs by name, in order: x, noise_labels, then intervals and class_labels when it takes them."""
+    return ["x", "noise_labels"] + ["intervals"] * bool(interval_embedding) + ["class_labels"] * bool(num_classes)
+
+
+def _input_list(names):
+    return f"[{', '.join(names)}]"
+
+
+def check_conditional_inputs(inputs, num_classes, label_dropout, network, interval_embedding=False):
     """Raises a ValueError unless a denoiser with these classes takes `inputs` (tensors, or their shapes in `build`).
 
     An unconditional network (`num_classes=0`) takes `[x, noise_labels]`; a
     class-conditional one `[x, noise_labels, class_labels]`, or
     `[x, noise_labels]` for the null class `num_classes` when it has one
-    (`label_dropout > 0`). The message names the call to make.
+    (`label_dropout > 0`). A network built with `interval_embedding=True`
+    takes the intervals h = t - r of MeanFlow's average velocity after the
+    noise labels: `[x, noise_labels, intervals]`, or
+    `[x, noise_labels, intervals, class_labels]`. The message names the
+    call to make.
     """
-    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+    names = _input_names(num_classes, interval_embedding)
+    expected = _input_list(names)
+    required = len(_input_names(0, interval_embedding))
+    if not isinstance(inputs, (list, tuple)) or len(inputs) not in (required, required + 1):
         count = len(inputs) if isinstance(inputs, (list, tuple)) else "1 (not a list)"
-        expected = "[x, noise_labels, class_labels]" if num_classes else "[x, noise_labels]"
-        raise ValueError(f"{network} takes the inputs {expected}; received {count} inputs.")
-    if len(inputs) == 3 and not num_classes:
+        if num_classes and label_dropout:
+            expected += f" or {_input_list(names[:-1])} (the null class)"
+        if interval_embedding and count == required - 1:
+            advice = (
+                "It was built with `interval_embedding=True`: pass the intervals h = t - r, shape (batch,), "
+                "after the noise labels, or build it with `interval_embedding=False`."
+            )
+        elif not interval_embedding and count == required + 2:
+            advice = "Only a network built with `interval_embedding=True` takes intervals."
+        else:
+            advice = "Call it on a list of these tensors."
+        raise ValueError(f"{network} takes the inputs {expected}; received {count} inputs. {advice}")
+    if len(inputs) == required + 1 and not num_classes:
+        also = "" if interval_embedding else ", or with `interval_embedding=True` to take intervals"
         raise ValueError(
             f"{network} is unconditional (num_classes=0) but received class labels: call it on "
-            "[x, noise_labels], or build it with `num_classes=K` to condition on labels."
+            f"{_input_list(names)}, or build it with `num_classes=K` to condition on labels{also}."
         )
-    if len(inputs) == 2 and num_classes and not label_dropout:
+    if len(inputs) == required and num_classes and not label_dropout:
         raise ValueError(
             f"{network} is class-conditional ({num_classes} classes) and has no null class (label_dropout=0): "
-            "call it on [x, noise_labels, class_labels], or build it with `label_dropout > 0` to give it a null class."
+            f"call it on {expected}, or build it with `label_dropout > 0` to give it a null class."
         )
 
 
-def split_conditional_inputs(inputs, num_classes, label_dropout, network):
-    """`(x, noise_labels, class_labels)` of a denoiser's inputs, checked by `check_conditional_inputs`.
+def split_conditional_inputs(inputs, num_classes, label_dropout, network, interval_embedding=False):
+    """`(x, noise_labels, intervals, class_labels)` of a denoiser's inputs, checked by `check_conditional_inputs`.
 
-    `class_labels` are the labels given, the null class `num_classes` for
-    every sample when a conditional network got none, and None for an
-    unconditional network.
+    `intervals` are the intervals given, None for a network built without
+    `interval_embedding`. `class_labels` are the labels given, the null
+    class `num_classes` for every sample when a conditional network got
+    none, and None for an unconditional network.
     """
-    check_conditional_inputs(inputs, num_classes, label_dropout, network)
-    if len(inputs) == 3:
-        return tuple(inputs)
-    x, noise_labels = inputs
-    class_labels = ops.full((ops.shape(x)[0],), num_classes, dtype="int32") if num_classes else None
-    return x, noise_labels, class_labels
+    check_conditional_inputs(inputs, num_classes, label_dropout, network, interval_embedding)
+    given = dict(zip(_input_names(num_classes, interval_embedding), inputs))  # no class_labels: the null class
+    x, class_labels = given["x"], given.get("class_labels")
+    if class_labels is None and num_classes:
+        class_labels = ops.full((ops.shape(x)[0],), num_classes, dtype="int32")
+    return x, given["noise_labels"], given.get("intervals"), class_labels
 
 
 def sincos_position_embedding_2d(output_dim, grid_height, grid_width):

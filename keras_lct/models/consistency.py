@@ -1,8 +1,11 @@
 """ConsistencyModel: improved latent consistency training under `model.fit`.
 
-The training objective (paper sections 3 and 4.2-4.5, `docs/reference.md` "One
-consistency-training step") is written once, in `compute_loss`, with
-`keras.ops`; it runs unchanged under every backend's `fit`. The model's
+The training objective is its own small callable (`keras_lct.objectives`: the
+paper's consistency training by default, paper sections 3 and 4.2-4.5,
+`docs/reference.md` "One consistency-training step"; or MeanFlow), written
+once with `keras.ops`; it runs unchanged under every backend's `fit`.
+`compute_loss` asks it for the loss and keeps the bookkeeping around it; the
+EMA follows the optimizer's update (`train_step`). The model's
 other parts live in modules named for them: the schedules' state
 (`schedule_state`), the weight averages (`ema`), the sampler (`sampler`),
 the checks of what `fit` receives (`keras_lct.data.checks`) and the
@@ -17,12 +20,12 @@ from keras import ops
 
 from keras_lct import distribute
 from keras_lct import losses
+from keras_lct import objectives
 from keras_lct import schedules
 from keras_lct._validation import MAX_SEED
 from keras_lct._validation import check_choice
 from keras_lct._validation import check_class_labels
 from keras_lct._validation import check_float_data
-from keras_lct._validation import check_fraction
 from keras_lct._validation import check_int
 from keras_lct._validation import check_positive
 from keras_lct._validation import check_seed
@@ -40,6 +43,9 @@ from keras_lct.models.schedule_state import TD_STATISTICS
 from keras_lct.models.schedule_state import ScheduleState
 from keras_lct.models.schedule_state import model_state_variable
 from keras_lct.models.presets import network_from_preset
+
+# The seed state is spaced by this many draws per step: an objective makes at most this many.
+DRAWS_PER_STEP = 4
 
 
 @keras.saving.register_keras_serializable(package="keras_lct")
@@ -80,6 +86,11 @@ class ConsistencyModel(keras.Model):
     counter (`model.schedule`): set their schedules with the callbacks
     `keras_lct.callbacks.ExpCurriculum` and `keras_lct.callbacks.AdaptiveC`.
 
+    The objective is pluggable: `objective="meanflow"` (or a
+    `keras_lct.objectives.MeanFlow(...)`) trains the same network, given a
+    second time input, as a MeanFlow average velocity (see
+    `keras_lct.objectives`); sampling then follows MeanFlow's rule.
+
     Batches: `fit(x)` with clean samples x0 draws independent Gaussian noise
     in the step; `fit` on `keras_lct.data.NoisePairedDataset` batches
     `(x0, z)` uses the given (e.g. OT-paired) noise z.
@@ -93,11 +104,11 @@ class ConsistencyModel(keras.Model):
             the name of a `keras_lct.models.NETWORK_PRESETS` entry (a UNet or
             a DiT), built for the data shape at `build`. Defaults to the
             paper's `"celeba256"` UNet.
-        loss: the robust distance, one of `"cauchy"`, `"pseudo_huber"`,
-            `"geman_mcclure"`, `"l2"`.
-        diffusion_fraction: r, the lowest-noise fraction of grid indices that
-            also get the diffusion loss (0.25; 0 turns it off).
-        diffusion_weight: weight of the diffusion loss (5).
+        loss, diffusion_fraction, diffusion_weight: the settings of the
+            default objective, `keras_lct.objectives.ConsistencyTraining`: the
+            robust distance (`"cauchy"`, `"pseudo_huber"`, `"geman_mcclure"`,
+            `"l2"`), the lowest-noise fraction r of grid indices that also get
+            the diffusion loss (0.25; 0 turns it off) and its weight (5).
         num_scales: N used while no curriculum is set (default s0 + 1 = 11).
         c: robustness scale used while no c schedule is set; defaults to
             iCT's `c0 = 0.00054 sqrt(d)` of the data dimension d.
@@ -118,13 +129,19 @@ class ConsistencyModel(keras.Model):
             so a saved `.keras` file knows how to turn its samples back into
             VAE latents (`model.latent_normalization.denormalize(samples)`)
             and which autoencoder decodes them.
+        objective: the training objective: None or `"consistency"` (the
+            paper's, with the three settings above), `"meanflow"`, or an
+            instance of `keras_lct.objectives.ConsistencyTraining` or
+            `keras_lct.objectives.MeanFlow`. Saved with the model.
         **kwargs: passed to `keras.Model`.
 
     Call arguments:
         inputs: a clean batch x (returned unchanged: f(x, sigma_min) = x by
             the boundary condition, so `fit`'s forward pass costs nothing), or
             a pair `[x_noisy, sigma]` with sigma of shape (batch,): returns
-            f(x_noisy, sigma) with the current (online) weights.
+            f(x_noisy, sigma) with the current (online) weights (MeanFlow:
+            `[z_t, t, r]` returns z_r = z_t - (t - r) u(z_t, t, r)); labels
+            last for a class-conditional model.
         training: whether the network runs in training mode.
 
     Example:
@@ -152,7 +169,7 @@ class ConsistencyModel(keras.Model):
         c=None,
         max_num_scales=schedules.CURRICULUM_S1 + 1,
         ema_decays=(0.99993,),
-        two_step_level=sampler.TWO_STEP_LEVEL,
+        two_step_level=objectives.TWO_STEP_LEVEL,
         sigma_min=schedules.SIGMA_MIN,
         sigma_max=schedules.SIGMA_MAX,
         sigma_data=schedules.SIGMA_DATA,
@@ -161,6 +178,7 @@ class ConsistencyModel(keras.Model):
         p_std=schedules.P_STD,
         seed=0,
         latent_normalization=None,
+        objective=None,
         **kwargs,
     ):
         # Inputs stay float32 under mixed precision: sigma feeds c_noise.
@@ -172,9 +190,10 @@ class ConsistencyModel(keras.Model):
                 f"received {network!r}."
             )
         self.network = network
-        self.loss_name = check_choice("loss", loss, losses.DISTANCES)
-        self.diffusion_fraction = check_fraction("diffusion_fraction", diffusion_fraction)
-        self.diffusion_weight = check_positive("diffusion_weight", diffusion_weight, allow_zero=True)
+        self.objective = objectives.get(
+            "consistency" if objective is None else objective,
+            loss=loss, diffusion_fraction=diffusion_fraction, diffusion_weight=diffusion_weight,
+        )
         self.max_num_scales = check_int("max_num_scales", max_num_scales, minimum=2)
         self.initial_num_scales = check_int("num_scales", num_scales, minimum=2)
         if self.initial_num_scales > self.max_num_scales:
@@ -192,7 +211,7 @@ class ConsistencyModel(keras.Model):
         self.sigma_max = float(sigma_max)
         self.sigma_data = check_positive("sigma_data", sigma_data)
         self.rho = float(rho)
-        sampler.two_step_sigma(two_step_level, self.sigma_min, self.sigma_max, self.rho)
+        objectives.two_step_sigma(two_step_level, self.sigma_min, self.sigma_max, self.rho)
         self.two_step_level = tuple(two_step_level) if isinstance(two_step_level, (tuple, list)) else float(two_step_level)
         self.p_mean = float(p_mean)
         self.p_std = check_positive("p_std", p_std)
@@ -204,10 +223,10 @@ class ConsistencyModel(keras.Model):
                 f"received {latent_normalization!r}."
             )
         self.latent_normalization = latent_normalization
-        self.consistency_loss_tracker = keras.metrics.Mean(name="consistency_loss")
-        self.diffusion_loss_tracker = keras.metrics.Mean(name="diffusion_loss")
-        self.num_scales_tracker = LatestValue(name="num_scales")
-        self.robustness_c_tracker = LatestValue(name="c")
+        self.objective_trackers = {
+            name: keras.metrics.Mean(name=name) if kind == "mean" else LatestValue(name=name)
+            for name, kind in self.objective.metrics.items()
+        }
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
@@ -223,6 +242,7 @@ class ConsistencyModel(keras.Model):
                     f"The latent normalization holds statistics of shape "
                     f"{tuple(self.latent_normalization.mean.shape)}, but the data has shape {self.data_shape}."
                 )
+        self.objective.check_network(self.network)
         self._build_network(data_shape)
         self.data_dim = int(np.prod(self.data_shape))
         self.training_step = model_state_variable(self, "training_step", "int32", 0)
@@ -241,6 +261,8 @@ class ConsistencyModel(keras.Model):
     def _build_network(self, data_shape):
         x = keras.KerasTensor((None,) + tuple(data_shape[1:]))
         inputs = [x, keras.KerasTensor((None,))]
+        if getattr(self.network, "interval_embedding", False):
+            inputs.append(keras.KerasTensor((None,)))
         if self.num_classes:
             inputs.append(keras.KerasTensor((None,), dtype="int32"))
         try:
@@ -271,28 +293,32 @@ class ConsistencyModel(keras.Model):
         Returns:
             float32 estimate of the clean samples.
         """
-        return self._denoise_with(self.network, x_noisy, sigma, training, labels)
+        return self.denoise_with(self.network, x_noisy, sigma, training, labels)
 
-    def _denoise_with(self, network, x_noisy, sigma, training, labels=None):
+    def denoise_with(self, network, x_noisy, sigma, training, labels=None):
+        """`denoise` through `network` (the step's caller of the model's network, or the network itself)."""
         x_noisy = ops.cast(x_noisy, "float32")
         sigma = ops.cast(sigma, "float32") * ops.ones((ops.shape(x_noisy)[0],), "float32")
         c_skip, c_out, c_in, c_noise = schedules.precondition(sigma, self.sigma_data, self.sigma_min)
-        inputs = [_per_sample(c_in, x_noisy) * x_noisy, c_noise]
+        inputs = [objectives.per_sample(c_in, x_noisy) * x_noisy, c_noise]
         if labels is not None:
             inputs.append(ops.cast(labels, "int32"))
         network_output = network(inputs, training=training)
-        return _per_sample(c_skip, x_noisy) * x_noisy + _per_sample(c_out, x_noisy) * ops.cast(
+        return objectives.per_sample(c_skip, x_noisy) * x_noisy + objectives.per_sample(c_out, x_noisy) * ops.cast(
             network_output, "float32"
         )
 
     def call(self, inputs, training=False):
         if isinstance(inputs, (list, tuple)):
-            if len(inputs) not in (2, 3):
+            count = self.objective.call_inputs
+            if len(inputs) not in (count, count + 1):
+                expected = "[x_noisy, sigma]" if count == 2 else "[z_t, t, r]"
                 raise ValueError(
-                    "Call a ConsistencyModel on a batch x, on a pair [x_noisy, sigma] or, class-conditional, "
-                    f"on [x_noisy, sigma, labels]; received {len(inputs)} inputs."
+                    f"Call this ConsistencyModel ({self.objective.name} objective) on a batch x, on {expected} or, "
+                    f"class-conditional, on {expected[:-1]}, labels]; received {len(inputs)} inputs."
                 )
-            return self.denoise(inputs[0], inputs[1], training=training, labels=inputs[2] if len(inputs) == 3 else None)
+            labels = inputs[count] if len(inputs) > count else None
+            return self.objective.denoise(self, self.network, list(inputs[:count]), labels, training)
         return inputs
 
     # ------------------------------------------------------------ class labels
@@ -341,13 +367,16 @@ class ConsistencyModel(keras.Model):
                 "to train on labels, or leave the labels out."
             )
 
-    def _dropped_labels(self, labels, share, shares):
-        """`labels` with this step's label-dropout draw replaced by the null class (`num_classes`)."""
-        if not self.label_dropout:
-            return labels
-        batch = ops.shape(labels)[0]
-        uniform = _share_of(keras.random.uniform((batch * shares,), seed=self.seed_generator), share, shares, batch)
-        return ops.where(uniform < self.label_dropout, ops.cast(self.num_classes, "int32"), ops.cast(labels, "int32"))
+    def dropped_labels(self, labels, share, shares):
+        """`(labels, dropped)`: `labels` with this step's label-dropout draw replaced by the null class.
+
+        `dropped` is the bool mask of the replaced labels (None without label
+        dropout); `(None, None)` for an unconditional batch.
+        """
+        if labels is None or not self.label_dropout:
+            return labels, None
+        dropped = self.draw_uniform(ops.shape(labels)[0], share, shares) < self.label_dropout
+        return ops.where(dropped, ops.cast(self.num_classes, "int32"), ops.cast(labels, "int32")), dropped
 
     # ------------------------------------------------------- training step
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -356,7 +385,6 @@ class ConsistencyModel(keras.Model):
         y, labels = self._batch_labels(x, y, sample_weight)
         if y is not None:
             y = checks.check_training_batch(y, self.data_shape, "noise batch")
-        clean = ops.cast(x, "float32")
         step = ops.convert_to_tensor(self.training_step)
         num_scales, robustness_c = self.schedule.at(step)
         micro_batch, micro_batches = self._micro_batch_position()
@@ -364,96 +392,92 @@ class ConsistencyModel(keras.Model):
         # This batch is one of `shares` equal parts of the update's batch (micro-batches x replicas).
         shares = micro_batches * replicas
         share = micro_batch * replicas + replica
-        noise, index, update_index = self._training_draws(clean, y, step, num_scales, share, shares)
-        if labels is not None:
-            # One draw for the student and its target: both see the same (possibly null) class.
-            labels = self._dropped_labels(labels, share, shares)
-        t = self._sigma(index, num_scales)
-        next_t = self._sigma(index + 1, num_scales)
-
-        # The student's backward is where the replicas' gradients are averaged (torch: DDP's buckets).
-        student = self._denoise_with(
-            self._step_network(engine.gradient_synchronized(self.network)), clean + _per_sample(t, clean) * noise, t,
-            training=True, labels=labels,
+        batch = objectives.TrainingBatch(
+            ops.cast(x, "float32"), y, labels, step, num_scales, robustness_c, share, shares
         )
-        with fast_paths.no_gradient():
-            target = ops.stop_gradient(
-                self._denoise_with(self._step_network(self.network), clean + _per_sample(next_t, clean) * noise, next_t,
-                                   training=True, labels=labels)
-            )
-        distance = losses.DISTANCES[self.loss_name](student, target, robustness_c)
-        consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
-        # Normalized by the low-noise count of the whole update, so that the mean over its
-        # shares is the loss of one step on the whole batch.
-        diffusion_loss = shares * losses.diffusion_loss(
-            student, clean, t, self.sigma_data,
-            low_noise=self._low_noise(index, num_scales),
-            low_noise_count=ops.sum(self._low_noise(update_index, num_scales)),
-        )
-        total = consistency_loss + self.diffusion_weight * diffusion_loss
+        terms = self.objective(self, batch)
+        total = terms.loss
         if self.losses:
             total = total + ops.sum(self.losses)
 
         with fit_guards.after([total]):
-            self.consistency_loss_tracker.update_state(consistency_loss)
-            self.diffusion_loss_tracker.update_state(diffusion_loss)
-            self.num_scales_tracker.update_state(num_scales)
-            self.robustness_c_tracker.update_state(robustness_c)
+            for name, value in terms.metrics.items():
+                self.objective_trackers[name].update_state(value)
             if training:
-                # N, c, the EMA and the step count optimizer updates, not micro-batches.
+                # N, c and the step count optimizer updates, not micro-batches; the EMA
+                # follows the optimizer's update (`train_step`).
                 update_complete = True
                 if micro_batches == 1:
-                    self.ema.update()
                     self.training_step.assign(step + 1)
                 else:
                     update_complete = ops.equal(micro_batch, micro_batches - 1)
-                    self.ema.update(first_micro_batch=ops.equal(micro_batch, 0))
                     self.training_step.assign(step + ops.cast(update_complete, "int32"))
                     self.micro_batch.assign(ops.mod(micro_batch + 1, micro_batches))
-                # The TD statistic of the whole update's batch: every replica keeps the same.
-                td_log_sum, td_samples = schedules.td_log_spread_sum(ops.stop_gradient(student), target)
-                td_statistic = engine.sum_over_replicas(ops.stack([td_log_sum, ops.cast(td_samples, "float32")]))
-                self.schedule.record(
-                    num_scales, robustness_c, td_statistic[0], ops.cast(ops.round(td_statistic[1]), "int32"),
-                    update_complete,
-                )
+                td_log_sum, td_samples = 0.0, 0
+                if terms.td_pair is not None:
+                    # The TD statistic of the whole update's batch: every replica keeps the same.
+                    student, target = terms.td_pair
+                    td_log_sum, td_samples = schedules.td_log_spread_sum(ops.stop_gradient(student), target)
+                    td_statistic = engine.sum_over_replicas(ops.stack([td_log_sum, ops.cast(td_samples, "float32")]))
+                    td_log_sum, td_samples = td_statistic[0], ops.cast(ops.round(td_statistic[1]), "int32")
+                self.schedule.record(num_scales, robustness_c, td_log_sum, td_samples, update_complete)
         return engine.scaled_for_replica_sum(total)
 
-    def _training_draws(self, clean, noise, step, num_scales, share=0, shares=1):
-        """The noise z (unless given) and grid indices i of training step `step`.
+    def train_step(self, *args, **kwargs):
+        """Keras' step (the loss, its gradient, the optimizer's update), then the EMA of the updated weights.
 
-        Returns `(noise, indices, update_indices)`. The draws are made for the
-        whole batch of the update, `shares` batches like `clean`, and this
-        batch takes part `share` of them: every replica and micro-batch gets
-        its own noise and indices, and together they are those of one step on
-        the whole batch on one device.
+        The EMA folds in the weights after the optimizer's update, as the
+        authors' loop does; under gradient accumulation, after the update's
+        last micro-batch only (`keras_lct.backend.fit_guards.after_update`).
         """
-        # Draws depend on (seed, step) only, so a resumed run draws the same.
+        return fit_guards.after_update(self, super().train_step, args, kwargs, self._update_averages)
+
+    def _update_averages(self):
+        if self.micro_batches_per_update() == 1:
+            self.ema.update()
+        else:
+            self.ema.update(update_complete=ops.equal(ops.convert_to_tensor(self.micro_batch), 0))
+
+    # ------------------------------------------------------- the step's draws and networks
+    def restart_draws(self, step):
+        """Points the training draws at (seed, step): a step draws the same however the run got there."""
         self.seed_generator.state.assign(
-            ops.cast(ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * 4]), self.seed_generator.state.dtype)
-        )
-        batch = ops.shape(clean)[0]
-        if noise is None:
-            # ops.shape: tensorflow may trace with unknown sample dimensions.
-            noise = _share_of(
-                keras.random.normal((batch * shares,) + tuple(ops.shape(clean)[1:]), seed=self.seed_generator),
-                share, shares, batch,
+            ops.cast(
+                ops.stack([ops.convert_to_tensor(self.seed, "int32"), ops.cast(step, "int32") * DRAWS_PER_STEP]),
+                self.seed_generator.state.dtype,
             )
-        probabilities = schedules.lognormal_index_probabilities(
-            num_scales, self.max_num_scales - 1, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho
         )
-        uniform = keras.random.uniform((batch * shares,), seed=self.seed_generator)
-        update_indices = schedules.sample_from_probabilities(probabilities, uniform)
-        return ops.cast(noise, "float32"), _share_of(update_indices, share, shares, batch), update_indices
 
-    def _step_network(self, network):
-        """`network`, or on torch with `jit_compile` on, its call compiled by torch.compile (`keras_lct.backend.compiled`)."""
+    def draw_normal(self, like, share=0, shares=1):
+        """Standard normal draws shaped like `like`, part `share` of those of the whole update's batch."""
+        batch = ops.shape(like)[0]
+        # ops.shape: tensorflow may trace with unknown sample dimensions.
+        values = keras.random.normal((batch * shares,) + tuple(ops.shape(like)[1:]), seed=self.seed_generator)
+        return self.share_of(values, share, shares)
+
+    def draw_uniform(self, batch, share=0, shares=1, whole_update=False):
+        """`batch` uniform draws in [0, 1), part `share` of the update's (all of them if `whole_update`)."""
+        values = keras.random.uniform((batch * shares,), seed=self.seed_generator)
+        return values if whole_update else self.share_of(values, share, shares)
+
+    @staticmethod
+    def share_of(values, share, shares):
+        """Part `share` of `shares` equal parts of `values` along the batch axis (all of it if `shares` is 1)."""
+        if shares == 1:
+            return values
+        batch = ops.shape(values)[0] // shares
+        start = ops.cast(share, "int32") * batch
+        return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(ops.shape(values)[1:]))
+
+    def training_network(self, differentiated=False):
+        """The model's network as the step calls it.
+
+        On torch with `jit_compile` on, its call is compiled by torch.compile
+        (`keras_lct.backend.compiled`); `differentiated=True` marks the call
+        whose backward averages the replicas' gradients (torch DDP's buckets).
+        """
+        network = engine.gradient_synchronized(self.network) if differentiated else self.network
         return compiled.network_caller(network, self.jit_compile)
-
-    def _low_noise(self, index, num_scales):
-        """1.0 where grid index `index` is among the lowest `diffusion_fraction` of the noise levels."""
-        threshold = ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32"))
-        return ops.cast(ops.cast(index, "float32") >= threshold, "float32")
 
     def micro_batches_per_update(self):
         """The micro-batches of one optimizer update (the optimizer's `gradient_accumulation_steps`, or 1)."""
@@ -468,7 +492,8 @@ class ConsistencyModel(keras.Model):
             return 0, 1
         return ops.convert_to_tensor(self.micro_batch), micro_batches
 
-    def _sigma(self, index, num_scales):
+    def sigma_at(self, index, num_scales):
+        """The noise level of grid index `index` of the Karras grid of `num_scales` levels."""
         return schedules.karras_sigma(index, num_scales, self.sigma_min, self.sigma_max, self.rho)
 
     # ------------------------------------------------------- schedule state
@@ -660,7 +685,7 @@ class ConsistencyModel(keras.Model):
 
     def _should_torch_compile(self):
         # Keras' torch trainer compiles the whole step (and predict) where this is True; the
-        # step compiles its network's calls instead (`_step_network`).
+        # step compiles its network's calls instead (`training_network`).
         return False
 
     def compile_from_config(self, config):
@@ -680,13 +705,14 @@ class ConsistencyModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        if isinstance(self.objective, objectives.ConsistencyTraining):
+            config.update(self.objective.get_config())  # the settings of the default objective, as before objectives
+        else:
+            config["objective"] = keras.saving.serialize_keras_object(self.objective)
         network = self.network if isinstance(self.network, str) else keras.layers.serialize(self.network)
         config.update(
             {
                 "network": network,
-                "loss": self.loss_name,
-                "diffusion_fraction": self.diffusion_fraction,
-                "diffusion_weight": self.diffusion_weight,
                 "num_scales": self.initial_num_scales,
                 "c": self.initial_c,
                 "max_num_scales": self.max_num_scales,
@@ -716,19 +742,6 @@ class ConsistencyModel(keras.Model):
         if isinstance(config.get("latent_normalization"), dict):
             config["latent_normalization"] = keras.layers.deserialize(config["latent_normalization"])
         return cls(**config)
-
-
-def _share_of(values, share, shares, batch):
-    """Rows `share * batch` to `(share + 1) * batch` of draws made for `shares` batches (all of them if 1)."""
-    if shares == 1:
-        return values
-    start = ops.cast(share, "int32") * batch
-    return ops.slice(values, (start,) + (0,) * (len(values.shape) - 1), (batch,) + tuple(ops.shape(values)[1:]))
-
-
-def _per_sample(values, like):
-    """Reshapes a (batch,) vector to broadcast against `like`."""
-    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
 
 
 def _data_shape(input_shape):

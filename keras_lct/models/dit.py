@@ -46,7 +46,9 @@ class DiT(keras.Model):
     x is cut into `patch_size` x `patch_size` patches, each a token (plus a
     fixed 2-D sine-cosine position embedding); the noise label goes through
     a 256-channel sinusoidal embedding and a Dense-SiLU-Dense MLP, to which
-    a class embedding is added when `num_classes > 0`; `depth` adaLN-Zero
+    a class embedding is added when `num_classes > 0`, and with
+    `interval_embedding=True` a second such MLP of the interval h = t - r
+    (MeanFlow's u(z, t, r), F(x, c_noise, h[, y])); `depth` adaLN-Zero
     transformer blocks and a final modulated linear layer map the tokens
     back to patches of `out_channels`. Initialized as DiT (xavier-uniform
     linear layers with zero biases, normal(0.02) timestep MLP and class
@@ -83,6 +85,11 @@ class DiT(keras.Model):
             replaces by the null class `num_classes`; > 0 gives the null
             class a learned embedding of its own (the network itself never
             drops labels).
+        interval_embedding: take a second time input, the interval
+            h = t - r of MeanFlow's average velocity u(z, t, r): the same
+            256-channel sinusoid, its own Dense-SiLU-Dense MLP
+            (`interval_dense0`, `interval_dense1`, initialized as the
+            timestep MLP), added to the conditioning. False: no such layers.
         **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -91,7 +98,10 @@ class DiT(keras.Model):
             (c_noise) of shape `(batch,)`; for a class-conditional network
             `[x, noise_labels, class_labels]`, int labels of shape `(batch,)`
             (label `num_classes`: no label), or `[x, noise_labels]` for the
-            null class when it has one (`label_dropout > 0`).
+            null class when it has one (`label_dropout > 0`). With
+            `interval_embedding=True` the intervals, shape `(batch,)`, follow
+            the noise labels: `[x, noise_labels, intervals]` or
+            `[x, noise_labels, intervals, class_labels]`.
         training: unused (no dropout); kept for a uniform network signature.
 
     Example:
@@ -100,10 +110,13 @@ class DiT(keras.Model):
     imagenet = DiT.from_preset("DiT-XL/2", num_classes=1000, label_dropout=0.1)
     out = imagenet([x, noise_labels, class_labels])
     model = ConsistencyModel(DiT.from_preset("DiT-smoke"))                # a drop-in for the UNet
+    meanflow = DiT.from_preset("DiT-B/4", interval_embedding=True)
+    u = meanflow([z, t, t - r])
     ```
 
     Reference: DiT (Peebles & Xie, 2023); the authors' `models/network_dit.py`
-    (`docs/reference.md` "DiT"); `docs/dit.md`.
+    (`docs/reference.md` "DiT"); `docs/dit.md`. The interval embedding:
+    MeanFlow (Geng et al., 2025), `docs/reference.md` "MeanFlow".
     """
 
     def __init__(
@@ -121,6 +134,7 @@ class DiT(keras.Model):
         epsilon=None,
         num_classes=0,
         label_dropout=0.0,
+        interval_embedding=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -136,6 +150,7 @@ class DiT(keras.Model):
         self.qk_norm = self.norm == "nsln" if qk_norm is None else bool(qk_norm)
         self.epsilon = (1e-6 if self.norm == "layer" else 1e-5) if epsilon is None else epsilon
         self.num_classes, self.label_dropout = check_class_arguments(num_classes, label_dropout, "DiT")
+        self.interval_embedding = bool(interval_embedding)
         self._check_arguments()
 
         policy = self.dtype_policy
@@ -145,6 +160,14 @@ class DiT(keras.Model):
         self.timestep_dense0, self.timestep_dense1 = (
             Dense(hidden_size, kernel_initializer=timestep_initializer, name=f"timestep_dense{index}", dtype=policy)
             for index in (0, 1)
+        )
+        self.interval_dense0, self.interval_dense1 = (
+            [
+                Dense(hidden_size, kernel_initializer=timestep_initializer, name=f"interval_dense{index}", dtype=policy)
+                for index in (0, 1)
+            ]
+            if self.interval_embedding
+            else (None, None)
         )
         self.class_embedding = (
             ClassEmbedding(
@@ -204,7 +227,9 @@ class DiT(keras.Model):
         return self.input_size // self.patch_size
 
     def build(self, input_shape):
-        check_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This DiT")
+        check_conditional_inputs(
+            input_shape, self.num_classes, self.label_dropout, "This DiT", self.interval_embedding
+        )
         x_shape = tuple(input_shape[0])
         expected = (self.input_size, self.input_size, self.in_channels)
         if x_shape[1:] != expected:
@@ -215,6 +240,9 @@ class DiT(keras.Model):
         self.timestep_frequencies.build((None,))
         self.timestep_dense0.build((None, FREQUENCY_CHANNELS))
         self.timestep_dense1.build(conditioning_shape)
+        if self.interval_embedding:
+            self.interval_dense0.build((None, FREQUENCY_CHANNELS))
+            self.interval_dense1.build(conditioning_shape)
         if self.class_embedding is not None:
             self.class_embedding.build((None,))
         for block in self.blocks:
@@ -222,11 +250,12 @@ class DiT(keras.Model):
         self.final_layer.build(tokens_shape, conditioning_shape)
 
     def call(self, inputs, training=None):
-        x, noise_labels, class_labels = split_conditional_inputs(
-            inputs, self.num_classes, self.label_dropout, "This DiT"
+        x, noise_labels, intervals, class_labels = split_conditional_inputs(
+            inputs, self.num_classes, self.label_dropout, "This DiT", self.interval_embedding
         )
-        frequencies = self.timestep_frequencies(ops.reshape(noise_labels, (-1,)))
-        conditioning = self.timestep_dense1(ops.silu(self.timestep_dense0(frequencies)))
+        conditioning = self._embed_time(noise_labels, self.timestep_dense0, self.timestep_dense1)
+        if self.interval_embedding:
+            conditioning = conditioning + self._embed_time(intervals, self.interval_dense0, self.interval_dense1)
         if self.class_embedding is not None:
             conditioning = conditioning + self.class_embedding(class_labels)
         tokens = self.patch_embedding(x)
@@ -234,6 +263,11 @@ class DiT(keras.Model):
             tokens = block(tokens, conditioning)
         patches = self.final_layer(tokens, conditioning)
         return unpatchify(patches, self.grid_size, self.grid_size, self.patch_size, self.out_channels)
+
+    def _embed_time(self, values, first_dense, second_dense):
+        """`second_dense(SiLU(first_dense(sinusoid(values))))`: DiT's TimestepEmbedder of a `(batch,)` time input."""
+        frequencies = self.timestep_frequencies(ops.reshape(values, (-1,)))
+        return second_dense(ops.silu(first_dense(frequencies)))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0][:-1]) + (self.out_channels,)
@@ -255,6 +289,7 @@ class DiT(keras.Model):
                 "epsilon": self.epsilon,
                 "num_classes": self.num_classes,
                 "label_dropout": self.label_dropout,
+                "interval_embedding": self.interval_embedding,
             }
         )
         return config

@@ -15,7 +15,7 @@ class WeightAverages:
     """One average per decay of every trainable variable, kept as variables of their model.
 
     `average <- decay average + (1 - decay) variable` once per optimizer step,
-    folding in the weights the step starts from.
+    folding in the weights after the optimizer's update (`ConsistencyModel.train_step`).
 
     Args:
         model: the model the averages are saved with (`model.add_weight`).
@@ -45,16 +45,16 @@ class WeightAverages:
         for averages in self.averages:
             fast_paths.share_memory_layout(averages, self.variables)
 
-    def update(self, first_micro_batch=None):
+    def update(self, update_complete=None):
         """Folds the current weights into every average.
 
-        Under gradient accumulation pass `first_micro_batch` (a boolean
-        tensor): the averages then move at an update's first micro-batch only
-        (a decay of 1 at the others).
+        Under gradient accumulation pass `update_complete` (a boolean
+        tensor): the averages then move once the update's last micro-batch
+        has been applied (a decay of 1 at the others).
         """
         for decay, averages in zip(self.decays, self.averages):
-            if first_micro_batch is not None:
-                decay = ops.where(first_micro_batch, decay, 1.0)
+            if update_complete is not None:
+                decay = ops.where(update_complete, decay, 1.0)
             if fast_paths.exponential_moving_average(averages, self.variables, decay):
                 continue
             for average, variable in zip(averages, self.variables):

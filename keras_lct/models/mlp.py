@@ -16,7 +16,9 @@ class MLPDenoiser(keras.Model):
     a SiLU MLP to an embedding and added to every hidden layer; with
     `num_classes`, a learned embedding of the class label (initialized
     N(0, 1), as large as the noise embedding, so that a short run learns
-    the classes apart) is added to it.
+    the classes apart) is added to it. With `interval_embedding=True` a second
+    time input, the interval h = t - r of MeanFlow's average velocity
+    u(z, t, r), goes unscaled through an MLP of its own, added too.
 
     Args:
         data_dim: the number of features of one sample.
@@ -26,12 +28,18 @@ class MLPDenoiser(keras.Model):
         label_dropout: the share of training labels the ConsistencyModel
             replaces by the null class `num_classes` (> 0 gives the null
             class its own embedding).
+        interval_embedding: take the interval h = t - r as a second time
+            input (layers `interval_embedding_0`, `interval_embedding_1`,
+            shaped as `embedding_0`, `embedding_1`). False: no such layers.
         **kwargs: passed to `keras.Model`.
 
     Call arguments:
         inputs: `[x, noise_labels]`, x of shape (batch, data_dim) and
             noise_labels of shape (batch,); with `num_classes`,
-            `[x, noise_labels, class_labels]` (int, (batch,)).
+            `[x, noise_labels, class_labels]` (int, (batch,)). With
+            `interval_embedding=True` the intervals, shape (batch,), follow
+            the noise labels: `[x, noise_labels, intervals]` or
+            `[x, noise_labels, intervals, class_labels]`.
         training: unused; kept for a uniform network signature.
 
     Example:
@@ -39,15 +47,19 @@ class MLPDenoiser(keras.Model):
     model = ConsistencyModel(MLPDenoiser(2))
     ```
 
-    Reference: the denoiser F of paper eq. 2, for vector data.
+    Reference: the denoiser F of paper eq. 2, for vector data; the interval
+    input: MeanFlow (Geng et al., 2025), `docs/reference.md` "MeanFlow".
     """
 
-    def __init__(self, data_dim, width=128, depth=3, num_classes=0, label_dropout=0.0, **kwargs):
+    def __init__(
+        self, data_dim, width=128, depth=3, num_classes=0, label_dropout=0.0, interval_embedding=False, **kwargs
+    ):
         super().__init__(**kwargs)
         self.data_dim = data_dim
         self.width = width
         self.depth = depth
         self.num_classes, self.label_dropout = check_class_arguments(num_classes, label_dropout, "MLPDenoiser")
+        self.interval_embedding = bool(interval_embedding)
         self.class_embedding = (
             ClassEmbedding(
                 self.num_classes, width, null_class="learned" if self.label_dropout else None,
@@ -57,10 +69,8 @@ class MLPDenoiser(keras.Model):
             else None
         )
         self.input_projection = keras.layers.Dense(width, name="input_projection")
-        self.embedding_layers = [
-            keras.layers.Dense(width, activation="silu", name="embedding_0"),
-            keras.layers.Dense(width, name="embedding_1"),
-        ]
+        self.embedding_layers = self._time_embedding_layers("embedding")
+        self.interval_layers = self._time_embedding_layers("interval_embedding") if self.interval_embedding else []
         self.hidden_layers = [keras.layers.Dense(width, name=f"hidden_{index}") for index in range(depth)]
         self.output_projection = keras.layers.Dense(data_dim, kernel_initializer="zeros", name="output_projection")
 
@@ -69,8 +79,9 @@ class MLPDenoiser(keras.Model):
         if x_shape[-1] != self.data_dim:
             raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) received samples of shape {tuple(x_shape[1:])}.")
         self.input_projection.build(x_shape)
-        self.embedding_layers[0].build((None, 1))
-        self.embedding_layers[1].build((None, self.width))
+        for layers in (self.embedding_layers, self.interval_layers):
+            for layer, input_width in zip(layers, (1, self.width)):
+                layer.build((None, input_width))
         for layer in self.hidden_layers:
             layer.build((None, self.width))
         self.output_projection.build((None, self.width))
@@ -78,16 +89,32 @@ class MLPDenoiser(keras.Model):
             self.class_embedding.build((None,))
 
     def call(self, inputs, training=None):
-        x, noise_labels, class_labels = split_conditional_inputs(inputs, self.num_classes, self.label_dropout, "MLPDenoiser")
-        embedding = ops.reshape(noise_labels / 250.0, (-1, 1))
-        for layer in self.embedding_layers:
-            embedding = layer(embedding)
+        x, noise_labels, intervals, class_labels = split_conditional_inputs(
+            inputs, self.num_classes, self.label_dropout, "MLPDenoiser", self.interval_embedding
+        )
+        embedding = self._embed_time(noise_labels / 250.0, self.embedding_layers)
+        if self.interval_embedding:
+            embedding = embedding + self._embed_time(intervals, self.interval_layers)
         if self.class_embedding is not None:
             embedding = embedding + self.class_embedding(class_labels)
         hidden = self.input_projection(x)
         for layer in self.hidden_layers:
             hidden = hidden + layer(ops.silu(hidden + embedding))
         return self.output_projection(ops.silu(hidden))
+
+    def _time_embedding_layers(self, prefix):
+        return [
+            keras.layers.Dense(self.width, activation="silu", name=f"{prefix}_0"),
+            keras.layers.Dense(self.width, name=f"{prefix}_1"),
+        ]
+
+    @staticmethod
+    def _embed_time(values, layers):
+        """A `(batch,)` time input through one of the embedding MLPs, `(batch, width)`."""
+        embedding = ops.reshape(values, (-1, 1))
+        for layer in layers:
+            embedding = layer(embedding)
+        return embedding
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
@@ -101,6 +128,7 @@ class MLPDenoiser(keras.Model):
                 "depth": self.depth,
                 "num_classes": self.num_classes,
                 "label_dropout": self.label_dropout,
+                "interval_embedding": self.interval_embedding,
             }
         )
         return config

@@ -36,7 +36,9 @@ class UNet(keras.Model):
     Noise labels go through a sinusoidal embedding and a 2-layer SiLU MLP
     (width `model_channels * channel_mult_emb`); with `num_classes > 0`, a
     class embedding (EDM's `map_label`: a bias-free linear layer on the
-    one-hot label) is added before the MLP's last SiLU. The encoder starts with a
+    one-hot label) is added before the MLP's last SiLU, and so is, with
+    `interval_embedding=True`, a second such MLP of the interval h = t - r
+    (MeanFlow's u(z, t, r)). The encoder starts with a
     3x3 convolution, then per level a downsampling block (after level 0)
     and `num_blocks` blocks; the decoder starts with two blocks at the
     lowest level (the first with attention) or an upsampling block, then
@@ -64,6 +66,11 @@ class UNet(keras.Model):
             replaces by the null class `num_classes`; > 0 lets the network
             take the null class, whose embedding is zero (EDM's all-zero
             one-hot label). The network itself never drops labels.
+        interval_embedding: take a second time input, the interval
+            h = t - r of MeanFlow's average velocity u(z, t, r): the same
+            sinusoidal embedding, its own 2-layer MLP (`map_interval_layer0`,
+            `map_interval_layer1`, initialized as `map_layer0`, `map_layer1`),
+            added to the noise embedding. False: no such layers.
         **kwargs: passed to `keras.Model` (e.g. `name`, `dtype`).
 
     Call arguments:
@@ -72,7 +79,10 @@ class UNet(keras.Model):
             noise_labels of shape `(batch,)`; for a class-conditional network
             `[x, noise_labels, class_labels]`, int labels of shape `(batch,)`
             (label `num_classes`: no label), or `[x, noise_labels]` for the
-            null class when it has one (`label_dropout > 0`).
+            null class when it has one (`label_dropout > 0`). With
+            `interval_embedding=True` the intervals, shape `(batch,)`, follow
+            the noise labels: `[x, noise_labels, intervals]` or
+            `[x, noise_labels, intervals, class_labels]`.
         training: enables dropout.
 
     Example:
@@ -83,6 +93,8 @@ class UNet(keras.Model):
     ```
 
     Reference: paper section 5.1 and table 2d; `docs/reference.md` "Network".
+    The interval embedding: MeanFlow (Geng et al., 2025), `docs/reference.md`
+    "MeanFlow".
     """
 
     def __init__(
@@ -100,6 +112,7 @@ class UNet(keras.Model):
         channels_per_head=64,
         num_classes=0,
         label_dropout=0.0,
+        interval_embedding=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +128,7 @@ class UNet(keras.Model):
         self.norm = normalization_name(norm)
         self.channels_per_head = channels_per_head
         self.num_classes, self.label_dropout = check_class_arguments(num_classes, label_dropout, "UNet")
+        self.interval_embedding = bool(interval_embedding)
         self._check_arguments()
 
         policy = self.dtype_policy
@@ -125,6 +139,14 @@ class UNet(keras.Model):
         self.map_noise = PositionalEmbedding(model_channels, name="map_noise", dtype=policy)
         self.map_layer0 = dense(emb_channels, model_channels, name="map_layer0", dtype=policy)
         self.map_layer1 = dense(emb_channels, emb_channels, name="map_layer1", dtype=policy)
+        self.map_interval_layer0, self.map_interval_layer1 = (
+            (
+                dense(emb_channels, model_channels, name="map_interval_layer0", dtype=policy),
+                dense(emb_channels, emb_channels, name="map_interval_layer1", dtype=policy),
+            )
+            if self.interval_embedding
+            else (None, None)
+        )
         self.map_label = (
             ClassEmbedding(
                 self.num_classes,
@@ -219,7 +241,9 @@ class UNet(keras.Model):
         return layer.out_channels if isinstance(layer, UNetBlock) else layer.filters
 
     def build(self, input_shape):
-        check_conditional_inputs(input_shape, self.num_classes, self.label_dropout, "This UNet")
+        check_conditional_inputs(
+            input_shape, self.num_classes, self.label_dropout, "This UNet", self.interval_embedding
+        )
         x_shape = input_shape[0]
         expected = (self.img_resolution, self.img_resolution, self.in_channels)
         if tuple(x_shape[1:]) != expected:
@@ -228,6 +252,9 @@ class UNet(keras.Model):
         self.map_noise.build((None,))
         self.map_layer0.build((None, self.model_channels))
         self.map_layer1.build(emb_shape)
+        if self.interval_embedding:
+            self.map_interval_layer0.build((None, self.model_channels))
+            self.map_interval_layer1.build(emb_shape)
         if self.map_label is not None:
             self.map_label.build((None,))
         shape, skips = tuple(x_shape), []
@@ -248,11 +275,12 @@ class UNet(keras.Model):
         self.out_conv.build(shape)
 
     def call(self, inputs, training=None):
-        x, noise_labels, class_labels = split_conditional_inputs(
-            inputs, self.num_classes, self.label_dropout, "This UNet"
+        x, noise_labels, intervals, class_labels = split_conditional_inputs(
+            inputs, self.num_classes, self.label_dropout, "This UNet", self.interval_embedding
         )
-        emb = self.map_noise(ops.reshape(noise_labels, (-1,)))
-        emb = self.map_layer1(ops.silu(self.map_layer0(emb)))
+        emb = self._map_time(noise_labels, self.map_layer0, self.map_layer1)
+        if self.interval_embedding:
+            emb = emb + self._map_time(intervals, self.map_interval_layer0, self.map_interval_layer1)
         if self.map_label is not None:
             emb = emb + self.map_label(class_labels)
         emb = ops.silu(emb)
@@ -265,6 +293,10 @@ class UNet(keras.Model):
                 x = ops.concatenate([x, ops.cast(skips.pop(), x.dtype)], axis=-1)
             x = layer(x, emb, training=training)
         return self.out_conv(ops.silu(self.out_norm(x)))
+
+    def _map_time(self, values, first_layer, second_layer):
+        """`second_layer(SiLU(first_layer(map_noise(values))))`: EDM's mapping of a `(batch,)` time input."""
+        return second_layer(ops.silu(first_layer(self.map_noise(ops.reshape(values, (-1,))))))
 
     def compute_output_shape(self, input_shape):
         x_shape = input_shape[0]
@@ -287,6 +319,7 @@ class UNet(keras.Model):
                 "channels_per_head": self.channels_per_head,
                 "num_classes": self.num_classes,
                 "label_dropout": self.label_dropout,
+                "interval_embedding": self.interval_embedding,
             }
         )
         return config

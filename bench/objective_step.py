@@ -1,0 +1,94 @@
+"""The cost of one MeanFlow step against the paper's step, on the same network and batch.
+
+Both models wrap the same UNet (MeanFlow's with its interval embedding, two small dense layers
+more) and train on the same batches through `fit`; rounds alternate between them, so that the
+machine's drift falls on both, and each round's first steps (tracing, compiling) are left out.
+The MeanFlow step is a forward and a JVP through the network plus the backward of the forward;
+with class labels, guidance adds one or two forwards without gradient (kappa > 0: two).
+
+    KERAS_BACKEND=jax python bench/objective_step.py                  # the digits UNet and the tiny preset
+    KERAS_BACKEND=torch python bench/objective_step.py --presets tiny --batch-size 16 --rounds 5
+
+Writes bench/results/objective_step_<backend>.json and prints the median seconds per step of each
+objective and their ratio (MeanFlow / the paper's).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from harness import StepTimer
+from harness import network_and_data_shape
+from keras_lct.models import ConsistencyModel
+from keras_lct.models import UNet
+from keras_lct.objectives import MeanFlow
+from keras_lct.optimizers import RAdam
+
+NUM_CLASSES = 10
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["digits", "tiny"], help="UNets: 'digits' or UNet presets")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per round and model (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="JSON path (default: bench/results/objective_step_<backend>.json)")
+    return parser.parse_args()
+
+
+def model_of(preset, objective, conditional):
+    network, data_shape = network_and_data_shape(preset)
+    config = dict(network.get_config(), interval_embedding=objective is not None,
+                  num_classes=NUM_CLASSES if conditional else 0, label_dropout=0.1 if conditional else 0.0)
+    model = ConsistencyModel(UNet.from_config(config), objective=objective)
+    model.build((None,) + data_shape)
+    model.compile(optimizer=RAdam(1e-4))
+    return model, data_shape
+
+
+def measure(preset, conditional, args):
+    objectives = {"paper": None, "meanflow": MeanFlow(kappa=0.5 if conditional else 0.0)}
+    models = {name: model_of(preset, objective, conditional) for name, objective in objectives.items()}
+    data_shape = models["paper"][1]
+    rng = np.random.default_rng(0)
+    count = args.batch_size * (args.steps + 2)
+    x = rng.standard_normal((count,) + data_shape).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, count).astype("int32") if conditional else None
+    seconds = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, (model, _) in models.items():
+            timer = StepTimer()
+            model.fit(x, labels, batch_size=args.batch_size, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+            seconds[name] += timer.durations[2:]  # the first steps trace and compile
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {"preset": preset, "conditional": conditional, "batch_size": args.batch_size,
+            "median_seconds": medians, "ratio": medians["meanflow"] / medians["paper"],
+            "steps_timed": {name: len(values) for name, values in seconds.items()}}
+
+
+def main():
+    args = parse_args()
+    backend = keras.backend.backend()
+    results = []
+    for preset in args.presets:
+        for conditional in (False, True):
+            result = measure(preset, conditional, args)
+            results.append(result)
+            print(f"{backend} {preset} {'conditional (guidance, kappa 0.5)' if conditional else 'unconditional'} "
+                  f"batch {args.batch_size}: paper {1000 * result['median_seconds']['paper']:.1f} ms, "
+                  f"MeanFlow {1000 * result['median_seconds']['meanflow']:.1f} ms, ratio {result['ratio']:.2f}",
+                  flush=True)
+    output = args.output or os.path.join(os.path.dirname(__file__), "results", f"objective_step_{backend}.json")
+    with open(output, "w") as file:
+        json.dump({"backend": backend, "date": time.strftime("%Y-%m-%d"), "results": results}, file, indent=1)
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,537 @@
+"""Training objectives of a `ConsistencyModel`: the paper's consistency training and MeanFlow.
+
+An objective is a small callable, as EDM's loss is: given the model and one
+training batch, it makes its draws and returns the loss with what it logs.
+The model keeps the bookkeeping around it: the step counter, N and c, label
+dropout, the TD statistics, and the EMA after the optimizer's update
+(`ConsistencyModel.compute_loss`, `train_step`). An objective also says how
+the model's call maps a batch (`denoise`) and how the model samples.
+
+| objective | training | sampling |
+|---|---|---|
+| `ConsistencyTraining` (default) | paper sections 3, 4.2-4.5: the robust distance between f(x_t, t) and the stop-gradient f(x_t2, t2), plus the diffusion loss | `x = f(sigma_max z)`, then re-noise and denoise at each further level |
+| `MeanFlow` | Geng et al. 2025: the average velocity u(z, t, r) against u_tgt = v - (t - r) du/dt, du/dt by a Jacobian-vector product | `z_r = z_t - (t - r) u(z_t, t, r)` from t = 1 to 0 in 1 or 2 steps |
+
+Pass an instance, or its name, as `ConsistencyModel(objective=...)`.
+
+Reference: `docs/reference.md` "One consistency-training step" and "MeanFlow";
+`docs/objectives.md`.
+"""
+
+import collections
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_lct import losses
+from keras_lct import schedules
+from keras_lct._validation import check_choice
+from keras_lct._validation import check_fraction
+from keras_lct._validation import check_int
+from keras_lct._validation import check_positive
+from keras_lct.backend import fast_paths
+from keras_lct.backend import forward_mode
+
+TrainingBatch = collections.namedtuple(
+    "TrainingBatch", "clean noise labels step num_scales robustness_c share shares"
+)
+TrainingBatch.__doc__ = """One batch of a training step, as the model hands it to its objective.
+
+`clean` x0 (float32); `noise` the batch's paired noise or None (the objective
+draws it); `labels` int32 class labels or None; `step` the optimizer step;
+`num_scales`, `robustness_c` N and c of this step (`model.schedule.at`);
+`share`, `shares`: this batch is part `share` of `shares` equal parts of the
+update's batch (micro-batches x replicas)."""
+
+ObjectiveTerms = collections.namedtuple("ObjectiveTerms", "loss metrics td_pair")
+ObjectiveTerms.__doc__ = """What an objective returns: the scalar `loss`, the `metrics` it logs
+(name -> scalar, each declared in its `metrics`), and `td_pair`, the
+(student, target) whose spread the measured c reads, or None."""
+
+
+class Objective:
+    """Base class of the training objectives.
+
+    A subclass sets `name`, `metrics` (log name -> "mean" or "latest") and
+    `call_inputs` (how many inputs the model's call takes before the labels),
+    and implements `__call__`, `denoise`, `sampling_levels` and `sample`.
+    """
+
+    name = None
+    metrics = {}
+    call_inputs = 2
+
+    def __call__(self, model, batch):
+        """The `ObjectiveTerms` of one `TrainingBatch` for `model`."""
+        raise NotImplementedError
+
+    def check_network(self, network):
+        """Raises a ValueError if this objective cannot train `network`."""
+
+    def denoise(self, model, network, inputs, labels, training):
+        """The model's call on `inputs` (the first `call_inputs` inputs) with `network`."""
+        raise NotImplementedError
+
+    def sampling_levels(self, model, steps, ts):
+        """The levels `model.sample` visits for `steps` or the given `ts`."""
+        raise NotImplementedError
+
+    def sample(self, model, levels, rng, shape, predict):
+        """Samples of `shape` through `levels`; `predict(inputs)` batches the model's call."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# The authors' 2-step level on CelebA-HQ and FFHQ: grid level 440 of the 641-level grid (~0.369).
+TWO_STEP_LEVEL = (440, schedules.FINAL_NUM_SCALES)
+
+
+def two_step_sigma(level, sigma_min=schedules.SIGMA_MIN, sigma_max=schedules.SIGMA_MAX, rho=schedules.RHO):
+    """The noise level of a `two_step_level`: a float, or `(index, num_scales)` on the Karras grid."""
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        sigma = float(level)
+    elif isinstance(level, (tuple, list)) and len(level) == 2 and all(isinstance(v, int) for v in level):
+        index, num_scales = level
+        if not 0 < index < num_scales - 1:
+            raise ValueError(
+                f"`two_step_level` {tuple(level)} names grid level {index} of {num_scales}; the second "
+                f"step needs a level strictly between 0 and {num_scales - 1} (the grid's ends)."
+            )
+        sigma = float(schedules.karras_sigma(index, num_scales, sigma_min, sigma_max, rho))
+    else:
+        raise ValueError(
+            "`two_step_level` must be a noise level (a float) or a grid position (index, num_scales) "
+            f"such as {TWO_STEP_LEVEL}; received {level!r}."
+        )
+    if not (np.isfinite(sigma) and sigma_min < sigma < sigma_max):
+        raise ValueError(f"`two_step_level` {level!r} is sigma = {sigma}, outside ({sigma_min}, {sigma_max}).")
+    return sigma
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class ConsistencyTraining(Objective):
+    """The paper's improved latent consistency training (the default objective).
+
+    The student f(x0 + t z, t) against the stop-gradient target
+    f(x0 + t2 z, t2) of the same weights at the next lower level of the
+    Karras grid of N levels, weighted by 1 / (t - t2) under a robust
+    distance, plus the diffusion loss on the lowest-noise fraction of the
+    grid. Indices are drawn from the lognormal index distribution.
+
+    Args:
+        loss: the robust distance, a `keras_lct.losses.DISTANCES` name
+            (`"cauchy"`, `"pseudo_huber"`, `"geman_mcclure"`, `"l2"`).
+        diffusion_fraction: r, the lowest-noise fraction of grid indices that
+            also get the diffusion loss (0.25; 0 turns it off).
+        diffusion_weight: weight of the diffusion loss (5).
+
+    Example:
+    ```python
+    model = ConsistencyModel("DiT-S/2", objective=ConsistencyTraining(loss="pseudo_huber"))  # iLCT
+    ```
+
+    Reference: paper sections 3, 4.2 (Cauchy loss), 4.3 (diffusion loss);
+    `docs/reference.md` "One consistency-training step".
+    """
+
+    name = "consistency"
+    metrics = {"consistency_loss": "mean", "diffusion_loss": "mean", "num_scales": "latest", "c": "latest"}
+
+    def __init__(self, loss="cauchy", diffusion_fraction=0.25, diffusion_weight=5.0):
+        self.loss = check_choice("loss", loss, losses.DISTANCES)
+        self.diffusion_fraction = check_fraction("diffusion_fraction", diffusion_fraction)
+        self.diffusion_weight = check_positive("diffusion_weight", diffusion_weight, allow_zero=True)
+
+    def draws(self, model, clean, noise, step, num_scales, share=0, shares=1):
+        """The noise z (unless given) and grid indices i of training step `step`.
+
+        Returns `(noise, indices, update_indices)`: this batch's and those of
+        the whole update's batch (`shares` batches like `clean`), drawn from
+        (seed, step) only, so a resumed run draws the same.
+        """
+        model.restart_draws(step)
+        if noise is None:
+            noise = model.draw_normal(clean, share, shares)
+        probabilities = schedules.lognormal_index_probabilities(
+            num_scales, model.max_num_scales - 1, model.p_mean, model.p_std, model.sigma_min, model.sigma_max, model.rho
+        )
+        update_uniform = model.draw_uniform(ops.shape(clean)[0], share, shares, whole_update=True)
+        update_indices = schedules.sample_from_probabilities(probabilities, update_uniform)
+        return ops.cast(noise, "float32"), model.share_of(update_indices, share, shares), update_indices
+
+    def __call__(self, model, batch):
+        clean = batch.clean
+        noise, index, update_index = self.draws(
+            model, clean, batch.noise, batch.step, batch.num_scales, batch.share, batch.shares
+        )
+        labels = model.dropped_labels(batch.labels, batch.share, batch.shares)[0]
+        t = model.sigma_at(index, batch.num_scales)
+        next_t = model.sigma_at(index + 1, batch.num_scales)
+        student = model.denoise_with(
+            model.training_network(differentiated=True), clean + per_sample(t, clean) * noise, t, True, labels
+        )
+        with fast_paths.no_gradient():
+            target = ops.stop_gradient(
+                model.denoise_with(
+                    model.training_network(), clean + per_sample(next_t, clean) * noise, next_t, True, labels
+                )
+            )
+        distance = losses.DISTANCES[self.loss](student, target, batch.robustness_c)
+        consistency_loss = ops.mean(schedules.consistency_weight(t, next_t) * distance)
+        # Normalized by the low-noise count of the whole update, so that the mean over its
+        # shares is the loss of one step on the whole batch.
+        diffusion_loss = batch.shares * losses.diffusion_loss(
+            student, clean, t, model.sigma_data,
+            low_noise=self._low_noise(index, batch.num_scales),
+            low_noise_count=ops.sum(self._low_noise(update_index, batch.num_scales)),
+        )
+        metrics = {
+            "consistency_loss": consistency_loss,
+            "diffusion_loss": diffusion_loss,
+            "num_scales": batch.num_scales,
+            "c": batch.robustness_c,
+        }
+        return ObjectiveTerms(consistency_loss + self.diffusion_weight * diffusion_loss, metrics, (student, target))
+
+    def _low_noise(self, index, num_scales):
+        """1.0 where grid index `index` is among the lowest `diffusion_fraction` of the noise levels."""
+        threshold = ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32"))
+        return ops.cast(ops.cast(index, "float32") >= threshold, "float32")
+
+    def denoise(self, model, network, inputs, labels, training):
+        x_noisy, sigma = inputs
+        return model.denoise_with(network, x_noisy, sigma, training, labels)
+
+    def sampling_levels(self, model, steps, ts):
+        """The noise levels `model` samples at: `ts` if given, else those of `steps` (1 or 2)."""
+        if ts is None:
+            steps = check_int("steps", steps, minimum=1)
+            if steps == 1:
+                return [model.sigma_max]
+            if steps == 2:
+                return [model.sigma_max, two_step_sigma(model.two_step_level, model.sigma_min, model.sigma_max, model.rho)]
+            raise ValueError(
+                f"`steps` must be 1 or 2 when `ts` is not given; received {steps}. "
+                "Pass the noise levels as `ts` for more steps."
+            )
+        levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
+        if not levels:
+            raise ValueError("`ts` must hold at least one noise level.")
+        if any(not np.isfinite(level) or not model.sigma_min <= level <= model.sigma_max for level in levels):
+            raise ValueError(
+                f"`ts` must lie in [sigma_min, sigma_max] = [{model.sigma_min}, {model.sigma_max}]; received {levels}."
+            )
+        if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
+            raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
+        return levels
+
+    def sample(self, model, levels, rng, shape, predict):
+        x = predict([levels[0] * rng.standard_normal(shape, dtype=np.float32), _full(shape, levels[0])])
+        for level in levels[1:]:
+            x = x + math.sqrt(level**2 - model.sigma_min**2) * rng.standard_normal(shape, dtype=np.float32)
+            x = predict([x, _full(shape, level)])
+        return x
+
+    def get_config(self):
+        return {"loss": self.loss, "diffusion_fraction": self.diffusion_fraction, "diffusion_weight": self.diffusion_weight}
+
+
+MEANFLOW_DISTANCES = ("squared_norm",) + tuple(losses.DISTANCES)
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class MeanFlow(Objective):
+    """MeanFlow: the average velocity u(z, t, r), trained on its own time derivative.
+
+    On the flow z_t = (1 - t) x0 + t e (t in [0, 1], velocity v = e - x0),
+    the network is the average velocity over [r, t], u(z_t, t, r) =
+    F(z_t, t, t - r[, y]), and satisfies u = v - (t - r) du/dt. The target
+    u_tgt = stop_gradient(v_g - clip(t - r, 0, 1) du/dt), with du/dt =
+    (dz/dt, dt/dt, dr/dt) . grad u = (v_g, 1, 0) . grad u, a Jacobian-vector
+    product (`keras.ops.linalg.jvp`). v_g is v, or with class labels the
+    guided velocity built into training: v_g = omega v + (1 - omega - kappa)
+    u(z_t, t, t | null) + kappa u(z_t, t, t | y) for t in [t_start, t_end]
+    (omega 1 and kappa 0 outside), v for the samples whose label is dropped.
+    The per-sample distance d(u, u_tgt) is divided by the stop-gradient
+    weight (d + norm_eps)^norm_p. (t, r) are two logit-normal draws, ordered;
+    r = t for the share `data_proportion` of the samples.
+
+    The network needs a second time input (`interval_embedding=True`: the
+    UNet, the DiT and the MLP denoiser take it) and gets t and t - r
+    unscaled, as the official code feeds its DiT. The data and noise are not
+    preconditioned.
+
+    Args:
+        p_mean, p_std: the logit-normal distribution of t and r,
+            sigmoid(p_mean + p_std n) (-0.4, 1.0).
+        data_proportion: the share of samples with r = t, trained as flow
+            matching (0.75).
+        omega, kappa: the guidance scales built into training (1.0, 0.5);
+            `omega=1, kappa=0` is no guidance. Need class labels.
+        t_start, t_end: the times at which guidance applies ([0, 1]).
+        norm_p, norm_eps: the adaptive weighting 1 / (d + norm_eps)^norm_p
+            (1.0, 0.01; `norm_p=0` turns it off).
+        distance: `"squared_norm"`, the official ||u - u_tgt||^2 summed over
+            the features, or a robust distance of `keras_lct.losses.DISTANCES`
+            (the paper's `"cauchy"`, ...) on their mean squared residual.
+        c: the robust distance's scale; None takes the model's c (its
+            schedule, `model.schedule`, so `AdaptiveC` applies).
+        two_step_time: the intermediate time of `sample(steps=2)` (0.5).
+        time_scale: the network gets `time_scale t` and `time_scale (t - r)`
+            (1: unscaled, as the official code; a network whose time
+            embedding expects another range, e.g. the MLP denoiser's EDM
+            noise labels, takes e.g. 250).
+
+    Example:
+    ```python
+    network = keras_lct.models.DiT.from_preset("DiT-S/2", num_classes=1000, label_dropout=0.1, interval_embedding=True)
+    model = ConsistencyModel(network, objective=MeanFlow(distance="cauchy"))
+    ```
+
+    Reference: Geng et al. 2025, "Mean Flows for One-step Generative
+    Modeling", eq. 6-10 and section 4.2 (guidance); `docs/reference.md`
+    "MeanFlow".
+    """
+
+    name = "meanflow"
+    call_inputs = 3
+
+    def __init__(
+        self,
+        p_mean=-0.4,
+        p_std=1.0,
+        data_proportion=0.75,
+        omega=1.0,
+        kappa=0.5,
+        t_start=0.0,
+        t_end=1.0,
+        norm_p=1.0,
+        norm_eps=0.01,
+        distance="squared_norm",
+        c=None,
+        two_step_time=0.5,
+        time_scale=1.0,
+    ):
+        self.p_mean = float(p_mean)
+        self.p_std = check_positive("p_std", p_std)
+        self.data_proportion = check_fraction("data_proportion", data_proportion)
+        self.omega = float(omega)
+        self.kappa = float(kappa)
+        self.t_start = check_fraction("t_start", t_start)
+        self.t_end = check_fraction("t_end", t_end)
+        if self.t_start > self.t_end:
+            raise ValueError(f"MeanFlow: `t_start` ({t_start}) must not exceed `t_end` ({t_end}).")
+        self.norm_p = check_positive("norm_p", norm_p, allow_zero=True)
+        self.norm_eps = check_positive("norm_eps", norm_eps, allow_zero=True)
+        self.distance = check_choice("distance", distance, MEANFLOW_DISTANCES)
+        self.c = None if c is None else check_positive("c", c)
+        self.two_step_time = float(two_step_time)
+        if not 0.0 < self.two_step_time < 1.0:
+            raise ValueError(f"MeanFlow: `two_step_time` must lie strictly between 0 and 1; received {two_step_time!r}.")
+        self.time_scale = check_positive("time_scale", time_scale)
+
+    @property
+    def metrics(self):
+        names = {"meanflow_loss": "mean", "velocity_loss": "mean"}
+        if self.distance != "squared_norm":
+            names["c"] = "latest"
+        return names
+
+    @property
+    def guided(self):
+        """Whether training builds guidance into the target (omega != 1 or kappa != 0)."""
+        return self.omega != 1.0 or self.kappa != 0.0
+
+    def check_network(self, network):
+        if not getattr(network, "interval_embedding", False):
+            raise ValueError(
+                "MeanFlow trains the average velocity u(z, t, r), whose network takes a second time input: "
+                "build it with `interval_embedding=True` (e.g. `DiT.from_preset(..., interval_embedding=True)`, "
+                "`UNet.from_preset(..., interval_embedding=True)`)."
+            )
+
+    def draws(self, model, clean, noise, step, share=0, shares=1):
+        """The noise e (unless given) and times (t, r) of training step `step`, from (seed, step) only."""
+        model.restart_draws(step)
+        if noise is None:
+            noise = model.draw_normal(clean, share, shares)
+        batch = ops.shape(clean)[0]
+        times = ops.sigmoid(self.p_mean + self.p_std * model.draw_normal(ops.zeros((batch, 2)), share, shares))
+        t, r = ops.max(times, axis=1), ops.min(times, axis=1)
+        r = ops.where(model.draw_uniform(batch, share, shares) < self.data_proportion, t, r)
+        return ops.cast(noise, "float32"), t, r
+
+    def __call__(self, model, batch):
+        noise, t, r = self.draws(model, batch.clean, batch.noise, batch.step, batch.share, batch.shares)
+        labels, dropped = model.dropped_labels(batch.labels, batch.share, batch.shares)
+        c = batch.robustness_c if self.c is None else self.c
+        terms = self.loss_terms(
+            model.training_network(differentiated=True), batch.clean, noise, t, r, labels, dropped,
+            training=True, c=c, null_class=model.num_classes,
+        )
+        metrics = {"meanflow_loss": terms["loss"], "velocity_loss": terms["velocity_loss"]}
+        if self.distance != "squared_norm":
+            metrics["c"] = c
+        return ObjectiveTerms(terms["loss"], metrics, None)
+
+    def loss_terms(self, network, clean, noise, t, r, labels=None, dropped=None, training=True, c=None, null_class=None):
+        """MeanFlow's loss on given draws, with its intermediate terms.
+
+        Args:
+            network: the average-velocity network F (`interval_embedding=True`).
+            clean, noise: x0 and e, float32 of the same shape.
+            t, r: the times, shape (batch,), r <= t.
+            labels: int class labels (batch,), with the dropped ones already
+                replaced by the null class, or None (unconditional).
+            dropped: bool (batch,), the samples whose label was dropped (their
+                target uses v, not the guided velocity); None: none.
+            training: the network's training mode for u.
+            c: the robust distance's scale (used unless `distance` is
+                `"squared_norm"`).
+            null_class: the network's null class (its `num_classes`); read
+                from the network when None.
+
+        Returns:
+            dict of `u`, `du_dt`, `target` (u_tgt), `guided_velocity` (v_g),
+            `distance` (per sample, before the adaptive weighting), `loss`
+            (the weighted mean) and `velocity_loss` (mean ||u - v||^2, a
+            diagnostic of the official code).
+        """
+        clean = ops.cast(clean, "float32")
+        noise = ops.cast(noise, "float32")
+        z = per_sample(1.0 - t, clean) * clean + per_sample(t, clean) * noise
+        velocity = noise - clean
+        if null_class is None:
+            null_class = int(getattr(network, "num_classes", 0) or 0)
+        guided_velocity = self._guided_velocity(network, velocity, z, t, labels, dropped, null_class)
+
+        def average_velocity(z, t, r):
+            return ops.cast(network(self._network_inputs(z, t, t - r, labels), training=training), "float32")
+
+        u, du_dt = forward_mode.jvp(average_velocity, (z, t, r), (guided_velocity, ops.ones_like(t), ops.zeros_like(r)))
+        target = ops.stop_gradient(guided_velocity - per_sample(ops.clip(t - r, 0.0, 1.0), u) * du_dt)
+        if self.distance == "squared_norm":
+            distance = _squared_norm(u - target)
+        else:
+            distance = losses.DISTANCES[self.distance](u, target, c)
+        weight = ops.stop_gradient(ops.power(distance + self.norm_eps, self.norm_p))
+        return {
+            "u": u,
+            "du_dt": du_dt,
+            "target": target,
+            "guided_velocity": guided_velocity,
+            "distance": distance,
+            "loss": ops.mean(distance / weight),
+            "velocity_loss": ops.mean(_squared_norm(ops.stop_gradient(u) - velocity)),
+        }
+
+    def _guided_velocity(self, network, velocity, z, t, labels, dropped, null_class):
+        """v_g: the velocity with guidance built in (v where there are no labels, or the label was dropped)."""
+        if labels is None or not self.guided:
+            return velocity
+        with fast_paths.no_gradient():
+            no_interval = ops.zeros_like(t)
+            null_labels = ops.full(ops.shape(t), null_class, dtype="int32")
+            unconditional = ops.cast(network(self._network_inputs(z, t, no_interval, null_labels), training=False), "float32")
+            in_window = ops.logical_and(t >= self.t_start, t <= self.t_end)
+            omega = per_sample(ops.where(in_window, self.omega, 1.0), z)
+            guided = omega * velocity + (1.0 - omega) * unconditional
+            if self.kappa:
+                conditional = ops.cast(network(self._network_inputs(z, t, no_interval, labels), training=False), "float32")
+                kappa = per_sample(ops.where(in_window, self.kappa, 0.0), z)
+                guided = guided + kappa * (conditional - unconditional)
+            guided = ops.stop_gradient(guided)
+        if dropped is None:
+            return guided
+        return ops.where(per_sample(dropped, z), velocity, guided)
+
+    def _network_inputs(self, z, t, interval, labels):
+        inputs = [z, self.time_scale * t, self.time_scale * interval]
+        return inputs + ([] if labels is None else [ops.cast(labels, "int32")])
+
+    def denoise(self, model, network, inputs, labels, training):
+        """`z_r = z_t - (t - r) u(z_t, t, r)` for inputs `[z_t, t, r]`."""
+        z, t, r = (ops.cast(value, "float32") for value in inputs)
+        ones = ops.ones((ops.shape(z)[0],), "float32")
+        t, r = t * ones, r * ones
+        u = ops.cast(network(self._network_inputs(z, t, t - r, labels), training=training), "float32")
+        return z - per_sample(t - r, z) * u
+
+    def sampling_levels(self, model, steps, ts):
+        """Times from 1 down: `[1]`, `[1, two_step_time]` or the given `ts` in (0, 1], decreasing; 0 ends each."""
+        if ts is None:
+            steps = check_int("steps", steps, minimum=1)
+            if steps > 2:
+                raise ValueError(
+                    f"`steps` must be 1 or 2 when `ts` is not given; received {steps}. "
+                    "Pass the times as `ts` for more steps."
+                )
+            return [1.0] if steps == 1 else [1.0, self.two_step_time]
+        levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
+        if not levels or any(not 0.0 < level <= 1.0 for level in levels):
+            raise ValueError(f"A MeanFlow model samples at times `ts` in (0, 1]; received {levels}.")
+        if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
+            raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
+        return levels
+
+    def sample(self, model, levels, rng, shape, predict):
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for t, r in zip(levels, levels[1:] + [0.0]):
+            x = predict([x, _full(shape, t), _full(shape, r)])
+        return x
+
+    def get_config(self):
+        return {
+            "p_mean": self.p_mean,
+            "p_std": self.p_std,
+            "data_proportion": self.data_proportion,
+            "omega": self.omega,
+            "kappa": self.kappa,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+            "norm_p": self.norm_p,
+            "norm_eps": self.norm_eps,
+            "distance": self.distance,
+            "c": self.c,
+            "two_step_time": self.two_step_time,
+            "time_scale": self.time_scale,
+        }
+
+
+OBJECTIVES = {"consistency": ConsistencyTraining, "meanflow": MeanFlow}
+
+
+def get(objective, **consistency_settings):
+    """An `Objective` from an instance, a name of `OBJECTIVES` or a serialized config.
+
+    `consistency_settings` (loss, diffusion_fraction, diffusion_weight) build
+    the default `"consistency"` objective.
+    """
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, dict):
+        return keras.saving.deserialize_keras_object(objective)
+    name = check_choice("objective", objective, OBJECTIVES)
+    return ConsistencyTraining(**consistency_settings) if name == "consistency" else OBJECTIVES[name]()
+
+
+def per_sample(values, like):
+    """Reshapes a (batch,) vector to broadcast against `like`."""
+    return ops.reshape(values, (-1,) + (1,) * (len(like.shape) - 1))
+
+
+def _squared_norm(residual):
+    """Per-sample sum of squares over all non-batch axes."""
+    return ops.sum(ops.square(residual), axis=tuple(range(1, len(residual.shape))))
+
+
+def _full(shape, value):
+    return np.full((shape[0],), value, dtype=np.float32)
