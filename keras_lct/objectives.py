@@ -375,14 +375,17 @@ class MeanFlow(Objective):
         c = batch.robustness_c if self.c is None else self.c
         terms = self.loss_terms(
             model.training_network(differentiated=True), batch.clean, noise, t, r, labels, dropped,
-            training=True, c=c, null_class=model.num_classes,
+            training=True, c=c, null_class=model.num_classes, jvp_network=model.network_for_forward_mode(),
         )
         metrics = {"meanflow_loss": terms["loss"], "velocity_loss": terms["velocity_loss"]}
         if self.distance != "squared_norm":
             metrics["c"] = c
         return ObjectiveTerms(terms["loss"], metrics, None)
 
-    def loss_terms(self, network, clean, noise, t, r, labels=None, dropped=None, training=True, c=None, null_class=None):
+    def loss_terms(
+        self, network, clean, noise, t, r, labels=None, dropped=None, training=True, c=None, null_class=None,
+        jvp_network=None,
+    ):
         """MeanFlow's loss on given draws, with its intermediate terms.
 
         Args:
@@ -398,6 +401,11 @@ class MeanFlow(Objective):
                 `"squared_norm"`).
             null_class: the network's null class (its `num_classes`); read
                 from the network when None.
+            jvp_network: None: u and du/dt come from one JVP through
+                `network`. Else u from a plain call of `network` and du/dt
+                from a JVP through `jvp_network` (the same weights) without
+                gradient: for a `network` that cannot run inside a JVP
+                (`ConsistencyModel.network_for_forward_mode`).
 
         Returns:
             dict of `u`, `du_dt`, `target` (u_tgt), `guided_velocity` (v_g),
@@ -413,10 +421,16 @@ class MeanFlow(Objective):
             null_class = int(getattr(network, "num_classes", 0) or 0)
         guided_velocity = self._guided_velocity(network, velocity, z, t, labels, dropped, null_class)
 
-        def average_velocity(z, t, r):
-            return ops.cast(network(self._network_inputs(z, t, t - r, labels), training=training), "float32")
+        def average_velocity(through):
+            return lambda z, t, r: ops.cast(through(self._network_inputs(z, t, t - r, labels), training=training), "float32")
 
-        u, du_dt = forward_mode.jvp(average_velocity, (z, t, r), (guided_velocity, ops.ones_like(t), ops.zeros_like(r)))
+        primals, tangents = (z, t, r), (guided_velocity, ops.ones_like(t), ops.zeros_like(r))
+        if jvp_network is None:
+            u, du_dt = forward_mode.jvp(average_velocity(network), primals, tangents)
+        else:
+            u = average_velocity(network)(*primals)
+            with fast_paths.no_gradient():
+                du_dt = forward_mode.jvp(average_velocity(jvp_network), primals, tangents)[1]
         target = ops.stop_gradient(guided_velocity - per_sample(ops.clip(t - r, 0.0, 1.0), u) * du_dt)
         if self.distance == "squared_norm":
             distance = _squared_norm(u - target)

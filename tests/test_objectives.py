@@ -84,6 +84,31 @@ def test_meanflow_target_is_the_velocity_less_the_interval_times_du_dt_by_centra
     assert terms["loss"] == pytest.approx(np.mean(distance / (distance + 0.01)), rel=1e-5)
 
 
+def test_a_separate_jvp_network_gives_the_same_terms_and_gradient():
+    # Under torchrun the differentiated call goes through DDP, which cannot run inside a JVP: u then
+    # comes from a plain call and du/dt from a JVP through the bare network.
+    from test_backend_ops import value_and_gradients
+
+    model = randomized(meanflow_model(num_classes=4, label_dropout=0.25))
+    rng = np.random.default_rng(5)
+    clean, labels = labelled_mixture(8, seed=5)
+    noise = rng.standard_normal((8, 2)).astype("float32")
+    t, r = rng.uniform(0.5, 0.9, 8).astype("float32"), rng.uniform(0.0, 0.4, 8).astype("float32")
+    batch = [ops.convert_to_tensor(value) for value in (clean, noise, t, r, labels)]
+
+    def terms(jvp_network):
+        return model.objective.loss_terms(model.network, *batch, jvp_network=jvp_network)
+
+    fused, separate = numpy_of(terms(None)), numpy_of(terms(model.network))
+    for name in ("u", "du_dt", "target", "loss"):
+        np.testing.assert_allclose(separate[name], fused[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    variables = model.network.trainable_variables
+    (_, fused_gradients), (_, separate_gradients) = (
+        value_and_gradients(lambda: terms(jvp_network)["loss"], variables) for jvp_network in (None, model.network))
+    for a, b in zip(separate_gradients, fused_gradients):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("distance", ["cauchy", "pseudo_huber"])
 def test_meanflow_takes_the_papers_robust_distances_with_c(distance):
     model = randomized(meanflow_model(distance=distance, c=0.3, norm_p=0.0))

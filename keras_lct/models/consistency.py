@@ -479,6 +479,18 @@ class ConsistencyModel(keras.Model):
         network = engine.gradient_synchronized(self.network) if differentiated else self.network
         return compiled.network_caller(network, self.jit_compile)
 
+    def network_for_forward_mode(self):
+        """The caller a JVP goes through when the differentiated call cannot take one; else None.
+
+        torch's `DistributedDataParallel` wrapper fails inside `torch.func.jvp`:
+        under torchrun the objective then takes its JVP through the bare network,
+        without gradient, and its differentiated output from a plain call
+        through the wrapper (one forward more).
+        """
+        if engine.gradient_synchronized(self.network) is self.network:
+            return None
+        return compiled.network_caller(self.network, self.jit_compile)
+
     def micro_batches_per_update(self):
         """The micro-batches of one optimizer update (the optimizer's `gradient_accumulation_steps`, or 1)."""
         optimizer = getattr(self, "optimizer", None)  # None, or absent on torch, before compile
