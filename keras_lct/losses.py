@@ -82,6 +82,16 @@ def l2(prediction, target, c=None):
     return mean_squared_residual(prediction, target)
 
 
+def edm_weight(sigma, sigma_data=0.5):
+    """EDM's loss weighting `lambda(sigma) = 1 / sigma^2 + 1 / sigma_data^2 = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2`.
+
+    Makes the effective weight of the preconditioned network's output 1 at
+    every noise level.
+
+    Reference: Karras et al. 2022 (EDM), table 1; `docs/reference.md` "EDM diffusion training".
+    """
+    return 1.0 / ops.square(ops.cast(sigma, "float32")) + 1.0 / sigma_data**2
+
 
 def diffusion_loss(denoised, clean, sigma, sigma_data, low_noise, low_noise_count):
     """The diffusion loss on the low-noise samples: sum of lambda(sigma) m over them / their count.
@@ -95,9 +105,9 @@ def diffusion_loss(denoised, clean, sigma, sigma_data, low_noise, low_noise_coun
 
     Reference: paper section 4.3, eq. 9; `docs/reference.md` "One consistency-training step".
     """
-    weighting = 1.0 / ops.square(sigma) + 1.0 / sigma_data**2
-    per_sample = mean_squared_residual(denoised, clean) * weighting
+    per_sample = mean_squared_residual(denoised, clean) * edm_weight(sigma, sigma_data)
     return ops.sum(low_noise * per_sample) / ops.maximum(low_noise_count, 1.0)
+
 
 DISTANCES = {
     "cauchy": cauchy,

@@ -19,6 +19,7 @@ Reference: `docs/reference.md` "One consistency-training step" and "MeanFlow";
 """
 
 import collections
+import functools
 import math
 
 import keras
@@ -116,8 +117,45 @@ def two_step_sigma(level, sigma_min=schedules.SIGMA_MIN, sigma_max=schedules.SIG
     return sigma
 
 
+class ConsistencyFunction(Objective):
+    """Base of the objectives that train a consistency function f(x, sigma) (the paper's, ECT).
+
+    The model's call is f with the boundary condition f(x, sigma_min) = x;
+    it samples `x = f(sigma_max z)`, then re-noises and denoises at each
+    further level (`steps` 1 or 2, the second at `model.two_step_level`, or
+    the levels `ts`).
+    """
+
+    def denoise(self, model, network, inputs, labels, training):
+        x_noisy, sigma = inputs
+        return model.denoise_with(network, x_noisy, sigma, training, labels)
+
+    def sampling_levels(self, model, steps, ts):
+        """The noise levels `model` samples at: `ts` if given, else those of `steps` (1 or 2)."""
+        if ts is None:
+            steps = check_int("steps", steps, minimum=1)
+            if steps == 1:
+                return [model.sigma_max]
+            if steps == 2:
+                return [model.sigma_max, two_step_sigma(model.two_step_level, model.sigma_min, model.sigma_max, model.rho)]
+            raise ValueError(
+                f"`steps` must be 1 or 2 when `ts` is not given; received {steps}. "
+                "Pass the noise levels as `ts` for more steps."
+            )
+        return _checked_levels(
+            ts, model.sigma_min, model.sigma_max, f"`ts` must lie in [sigma_min, sigma_max] = [{model.sigma_min}, {model.sigma_max}]"
+        )
+
+    def sample(self, model, levels, rng, shape, predict):
+        x = predict([levels[0] * rng.standard_normal(shape, dtype=np.float32), _full(shape, levels[0])])
+        for level in levels[1:]:
+            x = x + math.sqrt(level**2 - model.sigma_min**2) * rng.standard_normal(shape, dtype=np.float32)
+            x = predict([x, _full(shape, level)])
+        return x
+
+
 @keras.saving.register_keras_serializable(package="keras_lct")
-class ConsistencyTraining(Objective):
+class ConsistencyTraining(ConsistencyFunction):
     """The paper's improved latent consistency training (the default objective).
 
     The student f(x0 + t z, t) against the stop-gradient target
@@ -205,40 +243,6 @@ class ConsistencyTraining(Objective):
         """1.0 where grid index `index` is among the lowest `diffusion_fraction` of the noise levels."""
         threshold = ops.floor((1.0 - self.diffusion_fraction) * ops.cast(num_scales, "float32"))
         return ops.cast(ops.cast(index, "float32") >= threshold, "float32")
-
-    def denoise(self, model, network, inputs, labels, training):
-        x_noisy, sigma = inputs
-        return model.denoise_with(network, x_noisy, sigma, training, labels)
-
-    def sampling_levels(self, model, steps, ts):
-        """The noise levels `model` samples at: `ts` if given, else those of `steps` (1 or 2)."""
-        if ts is None:
-            steps = check_int("steps", steps, minimum=1)
-            if steps == 1:
-                return [model.sigma_max]
-            if steps == 2:
-                return [model.sigma_max, two_step_sigma(model.two_step_level, model.sigma_min, model.sigma_max, model.rho)]
-            raise ValueError(
-                f"`steps` must be 1 or 2 when `ts` is not given; received {steps}. "
-                "Pass the noise levels as `ts` for more steps."
-            )
-        levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
-        if not levels:
-            raise ValueError("`ts` must hold at least one noise level.")
-        if any(not np.isfinite(level) or not model.sigma_min <= level <= model.sigma_max for level in levels):
-            raise ValueError(
-                f"`ts` must lie in [sigma_min, sigma_max] = [{model.sigma_min}, {model.sigma_max}]; received {levels}."
-            )
-        if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
-            raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
-        return levels
-
-    def sample(self, model, levels, rng, shape, predict):
-        x = predict([levels[0] * rng.standard_normal(shape, dtype=np.float32), _full(shape, levels[0])])
-        for level in levels[1:]:
-            x = x + math.sqrt(level**2 - model.sigma_min**2) * rng.standard_normal(shape, dtype=np.float32)
-            x = predict([x, _full(shape, level)])
-        return x
 
     def get_config(self):
         return {"loss": self.loss, "diffusion_fraction": self.diffusion_fraction, "diffusion_weight": self.diffusion_weight}
@@ -489,12 +493,7 @@ class MeanFlow(Objective):
                     "Pass the times as `ts` for more steps."
                 )
             return [1.0] if steps == 1 else [1.0, self.two_step_time]
-        levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
-        if not levels or any(not 0.0 < level <= 1.0 for level in levels):
-            raise ValueError(f"A MeanFlow model samples at times `ts` in (0, 1]; received {levels}.")
-        if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
-            raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
-        return levels
+        return _checked_levels(ts, 0.0, 1.0, "A MeanFlow model samples at times `ts` in (0, 1]", include_low=False)
 
     def sample(self, model, levels, rng, shape, predict):
         x = rng.standard_normal(shape, dtype=np.float32)
@@ -520,7 +519,314 @@ class MeanFlow(Objective):
         }
 
 
-OBJECTIVES = {"consistency": ConsistencyTraining, "meanflow": MeanFlow}
+def lognormal_draws(model, clean, noise, step, p_mean, p_std, share=0, shares=1):
+    """The noise (unless given) and lognormal noise levels exp(p_mean + p_std n) of step `step`, from (seed, step) only."""
+    model.restart_draws(step)
+    if noise is None:
+        noise = model.draw_normal(clean, share, shares)
+    normal = model.draw_normal(ops.zeros((ops.shape(clean)[0],)), share, shares)
+    return ops.cast(noise, "float32"), ops.exp(p_mean + p_std * normal)
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class EDMDiffusion(Objective):
+    """EDM diffusion training: the denoiser D(x0 + sigma n, sigma) against the data x0.
+
+    sigma is lognormal, ln sigma ~ N(p_mean, p_std^2); the loss is the batch
+    mean of lambda(sigma) ||D(x0 + sigma n, sigma) - x0||^2 summed over the
+    features, with EDM's weighting lambda(sigma) = 1 / sigma^2 + 1 /
+    sigma_data^2 (`keras_lct.losses.edm_weight`). D is EDM's preconditioning
+    of the network, c_skip x + c_out F(c_in x, c_noise), without the
+    consistency models' boundary condition (`keras_lct.schedules.precondition`
+    with `sigma_min=0`). Any of the networks trains, conditional or not
+    (labels are dropped at the network's `label_dropout`).
+
+    `model.sample(steps=K)` runs EDM's deterministic Heun sampler over the K
+    Karras levels from sigma_max to sigma_min, then an Euler step to 0 (2K -
+    1 network calls); `steps=1` is the single Euler step D(sigma_max z,
+    sigma_max). `ts` gives the levels instead. A model trained so is the
+    starting point of `ECT` (`ConsistencyModel.from_diffusion`).
+
+    Args:
+        p_mean, p_std: the lognormal distribution of the training noise
+            levels (-1.2, 1.2).
+
+    Example:
+    ```python
+    diffusion = ConsistencyModel(UNet.from_preset("tiny"), objective="edm")
+    diffusion.compile(optimizer=keras.optimizers.Adam(1e-3))
+    diffusion.fit(latents, epochs=10)
+    samples = diffusion.sample(16, steps=18)  # 35 network calls
+    ```
+
+    Reference: Karras et al. 2022, "Elucidating the Design Space of
+    Diffusion-Based Generative Models", table 1 and algorithm 1 (the
+    sampler); `docs/reference.md` "EDM diffusion training".
+    """
+
+    name = "edm"
+    metrics = {"diffusion_loss": "mean"}
+
+    def __init__(self, p_mean=-1.2, p_std=1.2):
+        self.p_mean = float(p_mean)
+        self.p_std = check_positive("p_std", p_std)
+
+    def __call__(self, model, batch):
+        noise, sigma = lognormal_draws(
+            model, batch.clean, batch.noise, batch.step, self.p_mean, self.p_std, batch.share, batch.shares
+        )
+        labels = model.dropped_labels(batch.labels, batch.share, batch.shares)[0]
+        terms = self.loss_terms(model, model.training_network(differentiated=True), batch.clean, noise, sigma, labels)
+        return ObjectiveTerms(terms["loss"], {"diffusion_loss": terms["loss"]}, None)
+
+    def loss_terms(self, model, network, clean, noise, sigma, labels=None, training=True):
+        """EDM's loss on given draws: dict of `denoised`, `per_sample_loss` and `loss` (their batch mean).
+
+        `clean`, `noise`: x0 and n, float32 of the same shape; `sigma`
+        (batch,); `labels`: int class labels with the dropped ones already
+        replaced by the null class, or None.
+        """
+        clean = ops.cast(clean, "float32")
+        denoised = model.denoise_with(
+            network, clean + per_sample(sigma, clean) * ops.cast(noise, "float32"), sigma, training, labels, boundary=False
+        )
+        per_sample_loss = losses.edm_weight(sigma, model.sigma_data) * _squared_norm(denoised - clean)
+        return {"denoised": denoised, "per_sample_loss": per_sample_loss, "loss": ops.mean(per_sample_loss)}
+
+    def denoise(self, model, network, inputs, labels, training):
+        x_noisy, sigma = inputs
+        return model.denoise_with(network, x_noisy, sigma, training, labels, boundary=False)
+
+    def sampling_levels(self, model, steps, ts):
+        """`ts` if given (decreasing, in (0, sigma_max]), else the `steps` Karras levels from sigma_max to sigma_min."""
+        if ts is not None:
+            return _checked_levels(
+                ts, 0.0, model.sigma_max, f"`ts` must lie in (0, sigma_max] = (0, {model.sigma_max}]", include_low=False
+            )
+        steps = check_int("steps", steps, minimum=1)
+        if steps == 1:
+            return [model.sigma_max]
+        sigmas = schedules.karras_sigmas(steps, model.sigma_min, model.sigma_max, model.rho)
+        return [float(sigma) for sigma in ops.convert_to_numpy(sigmas)]
+
+    def sample(self, model, levels, rng, shape, predict):
+        """EDM's deterministic Heun sampler (algorithm 1, no churn) through `levels`, then to 0."""
+        # In float64 between the network's calls, as EDM's: x - D(x) cancels at large sigma.
+        x = levels[0] * rng.standard_normal(shape, dtype=np.float32).astype(np.float64)
+
+        def slope(x, level):
+            return (x - predict([x.astype(np.float32), _full(shape, level)])) / level
+
+        for level, next_level in zip(levels, levels[1:] + [0.0]):
+            current = slope(x, level)
+            x_next = x + (next_level - level) * current
+            if next_level > 0:
+                x_next = x + (next_level - level) * 0.5 * (current + slope(x_next, next_level))
+            x = x_next
+        return x.astype(np.float32)
+
+    def get_config(self):
+        return {"p_mean": self.p_mean, "p_std": self.p_std}
+
+
+ECT_DISTANCES = ("pseudo_huber_norm",) + tuple(losses.DISTANCES)
+
+
+@keras.saving.register_keras_serializable(package="keras_lct")
+class ECT(ConsistencyFunction):
+    """Easy Consistency Tuning: from a diffusion model to a consistency model, in stages.
+
+    The student f(x0 + t e, t) against the stop-gradient target f(x0 + r e, r)
+    of the same weights, with the same noise e and the same dropout masks
+    (`model.dropout_replay`); where r = 0 the target is the data x0 itself.
+    t is lognormal, ln t ~ N(p_mean, p_std^2), and r = max(t (1 - d), 0):
+    `mapping="constant"` takes d = q^-(stage + 1) and `"sigmoid"` d =
+    q^-(stage + 1) (1 + k sigmoid(-b t)). The stage is `step //
+    stage_steps` of the model's step counter, so the gap t - r shrinks by q
+    every `stage_steps` steps, exactly on resume too. Both passes use EDM's
+    preconditioning in training mode (no boundary condition); the model's
+    call and `sample` have it, as ECT's network in evaluation mode.
+
+    The per-sample loss is `distance(f_t, f_r) * weight`:
+    - `distance="pseudo_huber_norm"` (the official): sqrt(||f_t - f_r||^2 +
+      c^2) - c over all features; `c=0` is the L2 norm (not its square); or
+      a `keras_lct.losses.DISTANCES` name on the mean squared residual, e.g.
+      the paper's `"cauchy"`, with `c=None` taking the model's c (its
+      schedule, so `AdaptiveC` applies);
+    - `weighting="interval"`: 1 / (t - r) (ECT's `main` branch) or `"edm"`:
+      EDM's (t^2 + sigma_data^2) / (t sigma_data)^2 (its `imgnet` branch).
+
+    `ECT()` has the `main` branch's settings, `ECT.from_branch("imgnet")`
+    (`objective="ect_imgnet"`) the `imgnet` branch's: q 4, c 0.06, EDM's
+    weighting. Start from a diffusion model with
+    `ConsistencyModel.from_diffusion`; minibatch OT (a `NoisePairedDataset`'s
+    noise is e) and NsLN (`norm="nsln"` networks) apply as for the paper's
+    objective.
+
+    Args:
+        p_mean, p_std: the lognormal distribution of t (-1.1, 2.0).
+        q: the factor the gap t - r shrinks by at each stage (2).
+        stage_steps: the optimizer steps of one stage (1000).
+        mapping: `"sigmoid"` (default) or `"constant"`, the t -> r mapping.
+        k, b: the sigmoid mapping's constants (8, 1).
+        weighting: `"interval"` (default) or `"edm"`.
+        distance: `"pseudo_huber_norm"` (default) or a
+            `keras_lct.losses.DISTANCES` name.
+        c: the distance's scale: for `"pseudo_huber_norm"` c >= 0 (None:
+            0, the L2 norm); for the others c > 0 or None (the model's c).
+
+    Example:
+    ```python
+    diffusion = keras.saving.load_model("diffusion.keras")  # objective="edm"
+    model = ConsistencyModel.from_diffusion(diffusion, objective=ECT(stage_steps=2000, distance="cauchy"))
+    ```
+
+    Reference: Geng et al. 2025, "Consistency Models Made Easy" (ICLR),
+    sections 3-4; `docs/reference.md` "ECT".
+    """
+
+    name = "ect"
+    BRANCHES = {"main": {}, "imgnet": {"q": 4.0, "c": 0.06, "weighting": "edm"}}
+
+    def __init__(
+        self,
+        p_mean=-1.1,
+        p_std=2.0,
+        q=2.0,
+        stage_steps=1000,
+        mapping="sigmoid",
+        k=8.0,
+        b=1.0,
+        weighting="interval",
+        distance="pseudo_huber_norm",
+        c=None,
+    ):
+        self.p_mean = float(p_mean)
+        self.p_std = check_positive("p_std", p_std)
+        self.q = float(q)
+        if not self.q > 1.0:
+            raise ValueError(f"ECT: `q` must be greater than 1 (the gap t - r shrinks by q each stage); received {q!r}.")
+        self.stage_steps = check_int("stage_steps", stage_steps, minimum=1)
+        self.mapping = check_choice("mapping", mapping, ("sigmoid", "constant"))
+        self.k = float(k)
+        self.b = float(b)
+        self.weighting = check_choice("weighting", weighting, ("interval", "edm"))
+        self.distance = check_choice("distance", distance, ECT_DISTANCES)
+        robust = self.distance != "pseudo_huber_norm"
+        self.c = None if c is None else check_positive("c", c, allow_zero=not robust)
+
+    @classmethod
+    def from_branch(cls, branch, **overrides):
+        """ECT with the settings of the official code's `branch` (`"main"` or `"imgnet"`), any overridden."""
+        return cls(**{**cls.BRANCHES[check_choice("branch", branch, cls.BRANCHES)], **overrides})
+
+    @property
+    def metrics(self):
+        names = {"ect_loss": "mean", "stage": "latest"}
+        if self.distance != "pseudo_huber_norm":
+            names["c"] = "latest"
+        return names
+
+    def stage_at(self, step):
+        """The stage of optimizer step `step`: `step // stage_steps` (int32)."""
+        return ops.floor_divide(ops.cast(step, "int32"), self.stage_steps)
+
+    def interval_end(self, t, stage):
+        """r of t at `stage`: max(t (1 - d), 0), d the mapping's decay."""
+        t = ops.cast(t, "float32")
+        decay = 1.0 / ops.power(self.q, ops.cast(stage, "float32") + 1.0)
+        if self.mapping == "sigmoid":
+            decay = decay * (1.0 + self.k * ops.sigmoid(-self.b * t))
+        return ops.maximum(t * (1.0 - decay), 0.0)
+
+    def __call__(self, model, batch):
+        noise, t = lognormal_draws(
+            model, batch.clean, batch.noise, batch.step, self.p_mean, self.p_std, batch.share, batch.shares
+        )
+        labels = model.dropped_labels(batch.labels, batch.share, batch.shares)[0]
+        if self.distance == "pseudo_huber_norm":
+            c = self.c or 0.0
+        else:
+            c = batch.robustness_c if self.c is None else self.c
+        stage = self.stage_at(batch.step)
+        terms = self.loss_terms(model, model.training_network(differentiated=True), batch.clean, noise, t, stage, labels, c)
+        metrics = {"ect_loss": terms["loss"], "stage": stage}
+        if self.distance != "pseudo_huber_norm":
+            metrics["c"] = c
+        return ObjectiveTerms(terms["loss"], metrics, (terms["student"], terms["target"]))
+
+    def loss_terms(self, model, network, clean, noise, t, stage, labels=None, c=None, training=True):
+        """ECT's loss on given draws, with its intermediate terms.
+
+        Args:
+            model: the `ConsistencyModel` (its preconditioning and dropout).
+            network: its network or the step's caller of it (the student's;
+                the target runs through `model.training_network()`).
+            clean, noise: x0 and e, float32 of the same shape.
+            t: the student's noise levels (batch,).
+            stage: the stage (an int or int32 scalar).
+            labels: int class labels with the dropped ones already replaced
+                by the null class, or None.
+            c: the distance's scale (None: 0 for `"pseudo_huber_norm"`).
+            training: the network's training mode (both passes).
+
+        Returns:
+            dict of `r`, `student` f(x_t, t), `target` (f(x_r, r), or x0
+            where r = 0), `distance` (per sample, before the weighting),
+            `per_sample_loss` and `loss` (their batch mean).
+        """
+        clean = ops.cast(clean, "float32")
+        noise = ops.cast(noise, "float32")
+        t = ops.cast(t, "float32")
+        r = self.interval_end(t, stage)
+        replay_dropout = model.dropout_replay()
+        student = model.denoise_with(network, clean + per_sample(t, clean) * noise, t, training, labels, boundary=False)
+        replay_dropout()
+        with fast_paths.no_gradient():
+            target = model.denoise_with(
+                model.training_network(), clean + per_sample(r, clean) * noise, r, training, labels, boundary=False
+            )
+        target = ops.stop_gradient(ops.where(per_sample(r > 0.0, clean), ops.nan_to_num(target), clean))
+        if self.distance == "pseudo_huber_norm":
+            distance = _pseudo_huber_norm(student - target, 0.0 if c is None else c)
+        else:
+            distance = losses.DISTANCES[self.distance](student, target, c)
+        if self.weighting == "interval":
+            weight = schedules.consistency_weight(t, r)
+        else:
+            weight = losses.edm_weight(t, model.sigma_data)
+        per_sample_loss = distance * weight
+        return {
+            "r": r,
+            "student": student,
+            "target": target,
+            "distance": distance,
+            "per_sample_loss": per_sample_loss,
+            "loss": ops.mean(per_sample_loss),
+        }
+
+    def get_config(self):
+        return {
+            "p_mean": self.p_mean,
+            "p_std": self.p_std,
+            "q": self.q,
+            "stage_steps": self.stage_steps,
+            "mapping": self.mapping,
+            "k": self.k,
+            "b": self.b,
+            "weighting": self.weighting,
+            "distance": self.distance,
+            "c": self.c,
+        }
+
+
+OBJECTIVES = {
+    "consistency": ConsistencyTraining,
+    "meanflow": MeanFlow,
+    "edm": EDMDiffusion,
+    "ect": ECT,
+    "ect_imgnet": functools.partial(ECT.from_branch, "imgnet"),
+}
 
 
 def get(objective, **consistency_settings):
@@ -545,6 +851,26 @@ def per_sample(values, like):
 def _squared_norm(residual):
     """Per-sample sum of squares over all non-batch axes."""
     return ops.sum(ops.square(residual), axis=tuple(range(1, len(residual.shape))))
+
+
+def _pseudo_huber_norm(residual, c):
+    """Per-sample sqrt(||residual||^2 + c^2) - c over all non-batch axes; c = 0 gives the L2 norm."""
+    squared_norm = _squared_norm(residual)
+    if isinstance(c, (int, float)) and c == 0:
+        return ops.sqrt(squared_norm)
+    return squared_norm / (ops.sqrt(squared_norm + ops.square(c)) + c)
+
+
+def _checked_levels(ts, low, high, range_message, include_low=True):
+    """`ts` as a list of floats, checked to be strictly decreasing and within [low, high] ((low, high] if not `include_low`)."""
+    levels = [float(level) for level in np.asarray(ts, dtype=np.float64).reshape(-1)]
+    if not levels:
+        raise ValueError("`ts` must hold at least one level.")
+    if any(not np.isfinite(level) or not (low <= level if include_low else low < level) or level > high for level in levels):
+        raise ValueError(f"{range_message}; received {levels}.")
+    if any(later >= earlier for earlier, later in zip(levels, levels[1:])):
+        raise ValueError(f"`ts` must be strictly decreasing; received {levels}.")
+    return levels
 
 
 def _full(shape, value):

@@ -359,7 +359,8 @@ def precondition(sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
     Args:
         sigma: noise levels, any shape.
         sigma_data: standard deviation of the data (0.5).
-        sigma_min: the smallest noise level, where f is the identity.
+        sigma_min: the smallest noise level, where f is the identity; 0 gives
+            EDM's preconditioning, without the boundary condition.
 
     Returns:
         `(c_skip, c_out, c_in, c_noise)`, float32 tensors shaped like `sigma`.
@@ -367,7 +368,7 @@ def precondition(sigma, sigma_data=SIGMA_DATA, sigma_min=SIGMA_MIN):
     Reference: paper eq. 2; `docs/reference.md` "Noise process and parameterization".
     """
     check_positive("sigma_data", sigma_data)
-    check_positive("sigma_min", sigma_min)
+    check_positive("sigma_min", sigma_min, allow_zero=True)
     sigma = ops.cast(sigma, "float32")
     data_variance = sigma_data**2
     c_skip = data_variance / (ops.square(sigma - sigma_min) + data_variance)

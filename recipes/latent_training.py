@@ -21,6 +21,10 @@ What one command does, and where it writes (all under --output):
    the labels to the null class in training, so it samples with and without;
    `--objective meanflow` trains the network as a MeanFlow average velocity
    instead (keras_lct.objectives.MeanFlow, with the --loss distance);
+   `--objective edm` trains it as an EDM diffusion model, and `--objective
+   ect --init-from runs/mine-edm/lct.keras` tunes that diffusion model into a
+   consistency model (ECT, keras_lct.objectives.ECT; `ect_imgnet` for the
+   settings of ECT's ImageNet code);
 3. saves `checkpoint.keras` every --checkpoint-every epochs, PNG grids of
    decoded 1-step and 2-step samples in `samples/`, TensorBoard logs in
    `logs/`, and the final `lct.keras`.
@@ -100,12 +104,12 @@ RUN_IDENTITY = (
     "dataset", "resolution", "flip", "batch_size", "loss", "norm", "network", "dropout", "ot",
     "diffusion_fraction", "diffusion_weight", "c_schedule", "c0", "ema", "lr", "weight_decay", "seed",
     "mixed_precision", "accumulate", "labels", "label_dropout", "clip_gradient_norm", "optimizer_epsilon",
-    "objective", "time_scale",
+    "objective", "time_scale", "init_from", "stage_steps",
 )
 # What run.json files written before a setting existed mean by it (their "unet" is the network).
 RUN_IDENTITY_DEFAULTS = {"mixed_precision": "float32", "accumulate": 1, "labels": False, "label_dropout": 0.1,
                          "clip_gradient_norm": None, "optimizer_epsilon": 1e-8, "objective": "consistency",
-                         "time_scale": 1.0}
+                         "time_scale": 1.0, "init_from": None, "stage_steps": None}
 SMOKE = dict(resolution=128, batch_size=8, epochs=2, ema=[0.9], grid_samples=8, checkpoint_every=1, grid_every=2,
              encode_batch_size=8)
 SMOKE_NETWORKS = {"unet": "smoke", "dit": "DiT-smoke"}  # the fewest blocks of each family, for --smoke
@@ -139,14 +143,25 @@ def parse_args(dataset, argv=None):
     training.add_argument("--epochs", type=int, default=defaults["epochs"], help="epochs (default: %(default)s)")
     training.add_argument("--steps", type=int, help="training steps instead of --epochs (rounded up to whole epochs)")
     training.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="global batch size (default: %(default)s)")
-    training.add_argument("--objective", default="consistency", choices=["consistency", "meanflow"],
-                          help="the training objective: the paper's consistency training, or MeanFlow's average "
-                               "velocity (docs/objectives.md; the network gets an interval input; OT, --loss, labels "
-                               "with guidance and NsLN apply; no curriculum) (default: %(default)s)")
-    training.add_argument("--loss", default="cauchy", choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2", "squared_norm"],
+    training.add_argument("--objective", default="consistency", choices=["consistency", "meanflow", "edm", "ect", "ect_imgnet"],
+                          help="the training objective (docs/objectives.md): the paper's consistency training; MeanFlow's "
+                               "average velocity (the network gets an interval input; OT, --loss, labels with guidance "
+                               "and NsLN apply; no curriculum); EDM diffusion training; or ECT, tuning a diffusion model "
+                               "(--init-from) into a consistency model in stages (ect: the settings of ECT's main code, "
+                               "ect_imgnet: of its ImageNet code) (default: %(default)s)")
+    training.add_argument("--loss", default="cauchy",
+                          choices=["cauchy", "pseudo_huber", "geman_mcclure", "l2", "squared_norm", "pseudo_huber_norm"],
                           help="robust distance (default: %(default)s); with --objective meanflow also squared_norm, "
                                "the official ||u - u_tgt||^2 with its adaptive weight (a robust distance weighs the "
-                               "samples itself: no adaptive weight)")
+                               "samples itself: no adaptive weight); with --objective ect also pseudo_huber_norm, the "
+                               "official sqrt(||f_t - f_r||^2 + c^2) - c (c 0: the L2 norm; 0.06 for ect_imgnet); "
+                               "--objective edm has its own")
+    training.add_argument("--init-from", metavar="MODEL",
+                          help="start from the weights (the first EMA) of this diffusion model, a .keras file trained "
+                               "with --objective edm on the same latents and --network (ECT's start)")
+    training.add_argument("--stage-steps", type=int,
+                          help="--objective ect: steps per stage; the gap t - r halves (ect_imgnet: quarters) every "
+                               "stage (default: an eighth of the run)")
     training.add_argument("--time-scale", type=float, default=1.0,
                           help="--objective meanflow: the network gets this times t and t - r (default: %(default)s, "
                                "the official code's)")
@@ -231,6 +246,10 @@ def parse_args(dataset, argv=None):
         parser.error(f"--accumulate {args.accumulate} must be >= 1 and divide --batch-size {args.batch_size}.")
     if args.loss == "squared_norm" and args.objective != "meanflow":
         parser.error("--loss squared_norm is MeanFlow's: pass --objective meanflow, or a robust distance.")
+    if args.loss == "pseudo_huber_norm" and not args.objective.startswith("ect"):
+        parser.error("--loss pseudo_huber_norm is ECT's: pass --objective ect, or a robust distance.")
+    if args.stage_steps is not None and (args.stage_steps < 1 or not args.objective.startswith("ect")):
+        parser.error(f"--stage-steps ({args.stage_steps}) is ECT's steps per stage: at least 1, with --objective ect.")
     if args.time_scale <= 0:
         parser.error(f"--time-scale must be positive; received {args.time_scale}.")
     return args
@@ -249,10 +268,6 @@ def main(dataset="custom", argv=None):
     from keras_lct import data
     from keras_lct import distribute
     from keras_lct import saving
-    from keras_lct import schedules
-    from keras_lct.models import ConsistencyModel
-    from keras_lct.models import network_from_preset
-    from keras_lct.objectives import MeanFlow
     from keras_lct.optimizers import RAdam
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
@@ -312,35 +327,27 @@ def main(dataset="custom", argv=None):
     )
     epochs = math.ceil(args.steps / updates_per_epoch) if args.steps else args.epochs
     total_steps = epochs * updates_per_epoch
+
+    # ## 3. The model: a new one (from --init-from's diffusion model, refused before run.json is written if
+    # it does not fit), or the checkpoint of this run.
+    checkpoint = os.path.join(args.output, "checkpoint.keras")
+    scope = run.scope if run is not None else contextlib.nullcontext
+    model = None
+    if args.init_from and not os.path.exists(checkpoint):
+        with scope():
+            model = new_model(args, cache, total_steps)
     if chief:
         check_run_folder(args, total_steps, cache.info)
-
-    # ## 3. The model: a new one, or the checkpoint of this run.
-    checkpoint = os.path.join(args.output, "checkpoint.keras")
-    with run.scope() if run is not None else contextlib.nullcontext():
+    with scope():
         if os.path.exists(checkpoint):
             model = keras_lct.saving.load_model(checkpoint)
             say(f"Resuming {checkpoint} at step {step_of(model)} of {total_steps}.")
-        else:
-            latent_shape = cache.latents.shape[1:]
-            options = dict(norm=args.norm, interval_embedding=args.objective == "meanflow")
-            if args.labels:
-                options.update(num_classes=cache.num_classes, label_dropout=args.label_dropout)
-            if args.dropout:
-                options["dropout"] = args.dropout
-            network = network_from_preset(args.network, latent_shape, **options)
-            objective = None
-            if args.objective == "meanflow":
-                objective = MeanFlow(distance=args.loss, norm_p=1.0 if args.loss == "squared_norm" else 0.0,
-                                     time_scale=args.time_scale)
-            model = ConsistencyModel(network, objective=objective, loss=args.loss if objective is None else "cauchy",
-                                     diffusion_fraction=args.diffusion_fraction,
-                                     diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
-                                     seed=args.seed, latent_normalization=cache.normalization(),
-                                     two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
-            model.build((None,) + latent_shape)
-            say(f"Network {args.network}: {network.count_params():,} parameters"
-                f"{f', {cache.num_classes} classes' if args.labels else ''}.")
+        elif model is None:
+            model = new_model(args, cache, total_steps)
+        if not model.compiled:
+            say(f"Network {args.network}: {model.network.count_params():,} parameters"
+                f"{f', {cache.num_classes} classes' if args.labels else ''}"
+                f"{f'; from the diffusion model {args.init_from}' if args.init_from else ''}.")
             accumulation = args.accumulate if args.accumulate > 1 else None
             model.compile(optimizer=RAdam(args.lr, weight_decay=args.weight_decay, epsilon=args.optimizer_epsilon,
                                           global_clipnorm=args.clip_gradient_norm,
@@ -391,6 +398,46 @@ def main(dataset="custom", argv=None):
         raise SystemExit(130) from None
     say(f"Done: {final} (step {step_of(model)}). Samples in {os.path.join(args.output, 'samples')}; "
         f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
+
+
+def new_model(args, cache, total_steps):
+    """The run's model for the latents of `cache`: the network of --network, the objective, the EMA; from
+    --init-from's diffusion model if given (a SystemExit saying what differs if it does not fit)."""
+    from keras_lct import objectives
+    from keras_lct import schedules
+    from keras_lct.models import ConsistencyModel
+    from keras_lct.models import network_from_preset
+
+    latent_shape = cache.latents.shape[1:]
+    options = dict(norm=args.norm, interval_embedding=args.objective == "meanflow")
+    if args.labels:
+        options.update(num_classes=cache.num_classes, label_dropout=args.label_dropout)
+    if args.dropout:
+        options["dropout"] = args.dropout
+    network = network_from_preset(args.network, latent_shape, **options)
+    objective = None
+    if args.objective == "meanflow":
+        objective = objectives.MeanFlow(distance=args.loss, norm_p=1.0 if args.loss == "squared_norm" else 0.0,
+                                        time_scale=args.time_scale)
+    elif args.objective.startswith("ect"):
+        stage_steps = args.stage_steps or max(1, total_steps // 8)
+        scale = {} if args.loss == "pseudo_huber_norm" else {"c": None}  # a robust distance: the model's c
+        objective = objectives.ECT.from_branch("imgnet" if args.objective == "ect_imgnet" else "main",
+                                               stage_steps=stage_steps, distance=args.loss, **scale)
+    elif args.objective == "edm":
+        objective = objectives.EDMDiffusion()
+    model = ConsistencyModel(network, objective=objective, loss=args.loss if objective is None else "cauchy",
+                             diffusion_fraction=args.diffusion_fraction,
+                             diffusion_weight=args.diffusion_weight, c=args.c0, ema_decays=tuple(args.ema),
+                             seed=args.seed, latent_normalization=cache.normalization(),
+                             two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
+    model.build((None,) + latent_shape)
+    if args.init_from:
+        try:
+            model.initialize_from(args.init_from)
+        except ValueError as error:
+            raise SystemExit(f"error: --init-from {args.init_from}: {error}") from None
+    return model
 
 
 def step_of(model):

@@ -34,8 +34,10 @@ from keras_lct.backend import distribute as engine
 from keras_lct.backend import fast_paths
 from keras_lct.backend import fit_guards
 from keras_lct.backend import process
+from keras_lct.backend import random_state
 from keras_lct.data import checks
 from keras_lct.data.paired import NoisePairedDataset
+from keras_lct.models import initialization
 from keras_lct.models import sampler
 from keras_lct.models.ema import WeightAverages
 from keras_lct.models.ema import check_decay
@@ -295,11 +297,15 @@ class ConsistencyModel(keras.Model):
         """
         return self.denoise_with(self.network, x_noisy, sigma, training, labels)
 
-    def denoise_with(self, network, x_noisy, sigma, training, labels=None):
-        """`denoise` through `network` (the step's caller of the model's network, or the network itself)."""
+    def denoise_with(self, network, x_noisy, sigma, training, labels=None, boundary=True):
+        """`denoise` through `network` (the step's caller of the model's network, or the network itself).
+
+        `boundary=False` drops the boundary condition: EDM's preconditioning
+        (sigma_min 0), as diffusion training and ECT's training passes use.
+        """
         x_noisy = ops.cast(x_noisy, "float32")
         sigma = ops.cast(sigma, "float32") * ops.ones((ops.shape(x_noisy)[0],), "float32")
-        c_skip, c_out, c_in, c_noise = schedules.precondition(sigma, self.sigma_data, self.sigma_min)
+        c_skip, c_out, c_in, c_noise = schedules.precondition(sigma, self.sigma_data, self.sigma_min if boundary else 0.0)
         inputs = [objectives.per_sample(c_in, x_noisy) * x_noisy, c_noise]
         if labels is not None:
             inputs.append(ops.cast(labels, "int32"))
@@ -491,6 +497,14 @@ class ConsistencyModel(keras.Model):
             return None
         return compiled.network_caller(self.network, self.jit_compile)
 
+    def dropout_replay(self):
+        """Remembers the network's dropout state; the returned callable restores it.
+
+        Called between two passes, it makes the second draw the same dropout
+        masks as the first (ECT's target pass reuses the student's masks).
+        """
+        return random_state.dropout_replay(self.network)
+
     def micro_batches_per_update(self):
         """The micro-batches of one optimizer update (the optimizer's `gradient_accumulation_steps`, or 1)."""
         optimizer = getattr(self, "optimizer", None)  # None, or absent on torch, before compile
@@ -525,6 +539,78 @@ class ConsistencyModel(keras.Model):
                 f"Build the model before calling `{method}`: call "
                 "`model.build((None, *data_shape))` or fit it on data."
             )
+
+    # ------------------------------------------------- from a diffusion model
+    @classmethod
+    def from_diffusion(cls, diffusion, objective="ect", ema=True, **kwargs):
+        """A consistency model that starts from a trained diffusion model: ECT's initialization.
+
+        Its network is a copy of the diffusion model's (same architecture and
+        data shape) holding the diffusion model's weights, in the online
+        weights and every EMA; the noise process (`sigma_data`, `sigma_min`,
+        `sigma_max`, `rho`) and the latent normalization come with it.
+
+        Args:
+            diffusion: a `ConsistencyModel` trained with `objective="edm"`,
+                or the path of its `.keras` file.
+            objective: the consistency objective to train: `"ect"` (default),
+                `"ect_imgnet"`, an `keras_lct.objectives.ECT`, or the paper's
+                `"consistency"`.
+            ema: True takes the diffusion model's first EMA weights (its
+                online weights if it keeps none), a decay that EMA, False its
+                online weights.
+            **kwargs: any other `ConsistencyModel` argument, e.g.
+                `ema_decays`, `seed`; `network_settings` (a dict) overrides
+                settings of the copied network that leave its weights
+                unchanged (`dropout`, `label_dropout`).
+
+        Returns:
+            a built `ConsistencyModel`; compile and fit it.
+
+        Example:
+        ```python
+        model = ConsistencyModel.from_diffusion("runs/digits/diffusion.keras", objective=ECT(stage_steps=500))
+        model.compile(optimizer=keras.optimizers.RAdam(1e-4))
+        model.fit(latents, epochs=5)
+        ```
+
+        Reference: Geng et al. 2025, "Consistency Models Made Easy", section 4.
+        """
+        diffusion = initialization.load_diffusion(diffusion)
+        network_settings = kwargs.pop("network_settings", {})
+        for key in network_settings:
+            if key not in initialization.FREE_NETWORK_SETTINGS:
+                raise ValueError(
+                    f"`network_settings` may change {', '.join(initialization.FREE_NETWORK_SETTINGS[3:])}, which "
+                    f"leave the weights as they are; received {key!r}. Build a network yourself for other settings."
+                )
+        config = {**diffusion.network.get_config(), **network_settings}
+        config.pop("name", None)
+        settings = dict(
+            sigma_data=diffusion.sigma_data,
+            sigma_min=diffusion.sigma_min,
+            sigma_max=diffusion.sigma_max,
+            rho=diffusion.rho,
+            latent_normalization=diffusion.latent_normalization,
+        )
+        model = cls(type(diffusion.network).from_config(config), objective=objective, **{**settings, **kwargs})
+        return model.initialize_from(diffusion, ema=ema)
+
+    def initialize_from(self, diffusion, ema=True):
+        """Takes a trained diffusion model's network weights (ECT's initialization); returns the model.
+
+        This model's network must have the diffusion model's architecture,
+        class labels and data shape (it is built for the diffusion model's
+        data if it is not built yet); what differs is refused with a
+        ValueError before any weight changes. The weights go into the network
+        and every EMA; the step counter and schedules are left as they are.
+
+        Args:
+            diffusion: a `ConsistencyModel` trained with `objective="edm"`,
+                or the path of its `.keras` file.
+            ema: as for `from_diffusion`.
+        """
+        return initialization.initialize_from(self, diffusion, ema)
 
     # ---------------------------------------------------------------- sampling
     def sample(self, num_samples, steps=1, ts=None, seed=None, batch_size=64, ema=True, verbose=0, labels=None):
