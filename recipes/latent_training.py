@@ -272,6 +272,16 @@ def main(dataset="custom", argv=None):
     from keras_lct.vae import AutoencoderKL
     from keras_lct.vae import load_autoencoder
 
+    from keras_lct.models import initialization
+
+    # A --init-from that is missing or no diffusion model is refused before anything is written.
+    diffusion = None
+    if args.init_from:
+        try:
+            diffusion = initialization.load_diffusion(args.init_from)
+        except ValueError as error:
+            raise SystemExit(f"error: --init-from: {error}") from None
+
     # ## 0. Devices and precision.
     compilation_cache = backend.keep_compiled_steps(os.path.join(args.output, "jax_cache"))
     run = distribute.data_parallel() if args.distribute else None
@@ -333,9 +343,9 @@ def main(dataset="custom", argv=None):
     checkpoint = os.path.join(args.output, "checkpoint.keras")
     scope = run.scope if run is not None else contextlib.nullcontext
     model = None
-    if args.init_from and not os.path.exists(checkpoint):
+    if diffusion is not None and not os.path.exists(checkpoint):
         with scope():
-            model = new_model(args, cache, total_steps)
+            model = new_model(args, cache, total_steps, diffusion)
     if chief:
         check_run_folder(args, total_steps, cache.info)
     with scope():
@@ -343,7 +353,7 @@ def main(dataset="custom", argv=None):
             model = keras_lct.saving.load_model(checkpoint)
             say(f"Resuming {checkpoint} at step {step_of(model)} of {total_steps}.")
         elif model is None:
-            model = new_model(args, cache, total_steps)
+            model = new_model(args, cache, total_steps, diffusion)
         if not model.compiled:
             say(f"Network {args.network}: {model.network.count_params():,} parameters"
                 f"{f', {cache.num_classes} classes' if args.labels else ''}"
@@ -400,9 +410,9 @@ def main(dataset="custom", argv=None):
         f"images: python recipes/sample.py --model {final} --vae {args.vae} --out samples.png")
 
 
-def new_model(args, cache, total_steps):
-    """The run's model for the latents of `cache`: the network of --network, the objective, the EMA; from
-    --init-from's diffusion model if given (a SystemExit saying what differs if it does not fit)."""
+def new_model(args, cache, total_steps, diffusion=None):
+    """The run's model for the latents of `cache`: the network of --network, the objective, the EMA; with
+    the weights of `diffusion` (--init-from's model) if given, or a SystemExit saying what differs."""
     from keras_lct import objectives
     from keras_lct import schedules
     from keras_lct.models import ConsistencyModel
@@ -432,9 +442,9 @@ def new_model(args, cache, total_steps):
                              seed=args.seed, latent_normalization=cache.normalization(),
                              two_step_level=(args.two_step_level, schedules.FINAL_NUM_SCALES))
     model.build((None,) + latent_shape)
-    if args.init_from:
+    if diffusion is not None:
         try:
-            model.initialize_from(args.init_from)
+            model.initialize_from(diffusion)
         except ValueError as error:
             raise SystemExit(f"error: --init-from {args.init_from}: {error}") from None
     return model

@@ -98,6 +98,35 @@ def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(unin
     assert "holds another run" in other.stderr and "batch_size: 8 -> 4" in other.stderr
     assert os.path.getmtime(output / "checkpoint.keras") == stamp
     assert json.loads((output / "run.json").read_text())["batch_size"] == 8
+    # --init-from takes a diffusion model: a consistency model is refused before the run writes anything.
+    refused = run_recipe("celeba.py", "--smoke", "--output", output.parent / "ect", "--objective", "ect",
+                         "--init-from", output / "lct.keras")
+    assert refused.returncode != 0 and "objective='edm'" in refused.stderr and "'consistency' objective" in refused.stderr
+    assert set(os.listdir(output.parent / "ect")) <= {"run.lock"}  # the folder's hold only
+
+
+def test_init_from_puts_a_diffusion_models_weights_into_the_runs_ect_model(tmp_path):
+    """The recipes' --init-from path in-process: new_model with the diffusion model, and what does not fit."""
+    import types
+
+    sys.path.insert(0, os.path.join(ROOT, "recipes"))
+    import latent_training
+
+    from keras_lct.models import ConsistencyModel
+    from keras_lct.models import network_from_preset
+
+    diffusion = ConsistencyModel(network_from_preset("smoke", (8, 8, 4), norm="nsln"), objective="edm", ema_decays=())
+    diffusion.build((None, 8, 8, 4))
+    cache = types.SimpleNamespace(latents=np.zeros((1, 8, 8, 4), "float32"), normalization=lambda: None, num_classes=0)
+    args = latent_training.parse_args("celeba", ["--smoke", "--objective", "ect", "--loss", "pseudo_huber_norm",
+                                                 "--init-from", "diffusion.keras"])
+    model = latent_training.new_model(args, cache, 80, diffusion)
+    assert model.objective.name == "ect" and model.objective.stage_steps == 10 and model.objective.c is None
+    for variable, source in zip(model.network.weights, diffusion.network.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(source))
+    other_shape = types.SimpleNamespace(latents=np.zeros((1, 4, 4, 4), "float32"), normalization=lambda: None, num_classes=0)
+    with pytest.raises(SystemExit, match=r"--init-from diffusion.keras: .*data of shape \(4, 4, 4\)"):
+        latent_training.new_model(args, other_shape, 80, diffusion)
 
 
 @pytest.mark.backend_neutral
