@@ -92,6 +92,9 @@ class ConsistencyModel(keras.Model):
     `keras_lct.objectives.MeanFlow(...)`) trains the same network, given a
     second time input, as a MeanFlow average velocity (see
     `keras_lct.objectives`); sampling then follows MeanFlow's rule.
+    `objective="edm"` trains it as an EDM diffusion model, and
+    `ConsistencyModel.from_diffusion(diffusion)` tunes that into a
+    consistency model with ECT.
 
     Batches: `fit(x)` with clean samples x0 draws independent Gaussian noise
     in the step; `fit` on `keras_lct.data.NoisePairedDataset` batches
@@ -132,9 +135,10 @@ class ConsistencyModel(keras.Model):
             VAE latents (`model.latent_normalization.denormalize(samples)`)
             and which autoencoder decodes them.
         objective: the training objective: None or `"consistency"` (the
-            paper's, with the three settings above), `"meanflow"`, or an
-            instance of `keras_lct.objectives.ConsistencyTraining` or
-            `keras_lct.objectives.MeanFlow`. Saved with the model.
+            paper's, with the three settings above), `"meanflow"`, `"edm"`
+            (EDM diffusion training), `"ect"` / `"ect_imgnet"` (ECT, after
+            `from_diffusion`), or an instance of a `keras_lct.objectives`
+            class. Saved with the model.
         **kwargs: passed to `keras.Model`.
 
     Call arguments:
@@ -622,9 +626,12 @@ class ConsistencyModel(keras.Model):
         Args:
             num_samples: how many samples to draw (>= 1).
             steps: number of network evaluations when `ts` is None: 1, or 2
-                (the second at the model's `two_step_level`).
+                (the second at the model's `two_step_level`); for an
+                `"edm"` diffusion model the K levels of EDM's Heun sampler
+                (2K - 1 evaluations).
             ts: strictly decreasing noise levels in [sigma_min, sigma_max],
-                overriding `steps`, e.g. `[80.0, 0.8, 0.2]`.
+                overriding `steps`, e.g. `[80.0, 0.8, 0.2]` (MeanFlow: times in
+                (0, 1]; EDM: levels in (0, sigma_max]).
             seed: int seed of the NumPy noise (the same samples on every
                 backend); None draws a fresh one.
             batch_size: samples per network call.
