@@ -59,7 +59,7 @@ Written:
   `<case>/rnd_normal` (batch,) float16-exact, then float32 `sigma`, `D`
   (EDM) or `t`, `r`, `D_yt`, `D_yr` (ECT), images channels_last (batch, 8, 8,
   4), `loss_per_sample` (batch,), `loss` (), ECT's `raw_target_finite`
-  (batch,) bool, and `<case>/gradients/<variable.path>` (the variable's shape);
+  (batch,) bool, and for the `GRADIENT_CASES` `<case>/gradients/<variable.path>` (the variable's shape);
 - `ect_golden.json`: the mirror commits, the versions, `NETWORK`, and every
   case's constants (P_mean, P_std, sigma_data; ECT's q, c, k, b, adj, stage,
   imgnet's wt), its weighting in words, its draws and a summary.
@@ -122,6 +122,8 @@ CASES = {
 # b 1), r = 0 for t < ln 7 (n < 0.88): samples 0, 1, 3, 5, 7 get r = 0, samples 2, 4, 6 (t = 14.9, 33.1, 3.7) r > 0.
 # Every other case has r > 0 for all t.
 R_ZERO = [0, 1, 3, 5, 7]
+# The cases whose gradients are written (one per loss and branch; tests/test_ect_golden.py reads these).
+GRADIENT_CASES = ("edm_conditional", "ect_main_sigmoid_stage0", "ect_imgnet_stage1")
 # Their weighting of each sample's loss (for the json).
 WEIGHTING = {
     "edm": "(sigma^2 + sigma_data^2) / (sigma sigma_data)^2 per element",
@@ -440,8 +442,9 @@ def write_golden(args):
                 check(case, outputs, gradients, inputs)
                 for name, value in outputs.items():
                     arrays[f"{case}/{name}"] = value if value.dtype == bool else np.asarray(value, np.float32)
-                for path, value in gradients.items():
-                    arrays[f"{case}/gradients/{path}"] = np.asarray(value, np.float32)
+                if case in GRADIENT_CASES:
+                    for path, value in gradients.items():
+                        arrays[f"{case}/gradients/{path}"] = np.asarray(value, np.float32)
                 summary = {name: round(float(np.abs(value).max()), 5) for name, value in outputs.items()
                            if name != "rnd_normal" and value.dtype != bool}
                 summary["gradient_max_abs"] = round(max(float(np.abs(g).max()) for g in gradients.values()), 5)
