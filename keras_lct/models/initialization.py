@@ -12,9 +12,9 @@ Reference: Geng et al. 2025, "Consistency Models Made Easy", section 4; `docs/ob
 
 import os
 
-import keras
 from keras import ops
 
+from keras_lct import saving
 from keras_lct.objectives import EDMDiffusion
 
 # Network settings a consistency model may set apart from its diffusion model's: they do not
@@ -24,18 +24,14 @@ FREE_NETWORK_SETTINGS = ("name", "trainable", "dtype", "dropout", "label_dropout
 
 def load_diffusion(diffusion):
     """`diffusion` itself, or the model saved at that path; an error unless it is a trained EDM diffusion model."""
-    from keras_lct.models.consistency import ConsistencyModel
-
     if isinstance(diffusion, (str, os.PathLike)):
         path = os.fspath(diffusion)
         if not os.path.isfile(path):
-            raise ValueError(f"No diffusion model at {path!r}: give the `.keras` file a model trained with objective='edm' saved.")
-        try:
-            diffusion = keras.saving.load_model(path, compile=False)
-        except Exception as error:
-            raise ValueError(f"Cannot load the diffusion model {path!r}: {error}") from error
-    if not isinstance(diffusion, ConsistencyModel) or not isinstance(diffusion.objective, EDMDiffusion):
-        objective = getattr(getattr(diffusion, "objective", None), "name", None)
+            raise ValueError(f"No diffusion model at {path!r}: pass the `.keras` file of a model trained with objective='edm'.")
+        diffusion = saving.load_model(path, compile=False)
+    objective = getattr(diffusion, "objective", None)  # a ConsistencyModel's
+    if not isinstance(objective, EDMDiffusion):
+        objective = getattr(objective, "name", None)
         raise ValueError(
             "Initialize from a diffusion model: a ConsistencyModel trained with objective='edm'; received "
             + (f"a model with the {objective!r} objective." if objective else f"{type(diffusion).__name__}.")
