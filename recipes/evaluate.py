@@ -46,7 +46,9 @@ def parse_args(argv=None):
                         help="the pytorch-fid Inception weights (default: %(default)s)")
     parser.add_argument("--vgg16-weights", help="NVIDIA's vgg16.pt, for precision and recall (skipped without it)")
     parser.add_argument("--num-samples", type=int, default=50000, help="samples to generate (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1, choices=[1, 2], help="network evaluations (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="network evaluations, 1 or 2; a diffusion model (--objective edm): the levels of EDM's "
+                             "Heun sampler, e.g. 18 (default: %(default)s)")
     parser.add_argument("--ts", type=float, nargs="+", help="noise levels of a multistep sampler instead of --steps, e.g. 80 0.8 0.2")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=50,
@@ -101,6 +103,10 @@ def main(argv=None):
 
     # ## 2. The model and the autoencoder that decodes its samples.
     model = keras_lct.saving.load_model(args.model, compile=False)
+    try:
+        model.objective.sampling_levels(model, args.steps, args.ts)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
     vae = load_autoencoder(args.vae, preset=args.vae_preset)
     decode = LatentDecoder(model.latent_normalization, vae, batch_size=args.batch_size)
     resolution = model.data_shape[0] * vae.downsampling_factor

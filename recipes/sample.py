@@ -29,7 +29,9 @@ def parse_args(argv=None):
     parser.add_argument("--vae", required=True, help="the autoencoder the model's latents came from")
     parser.add_argument("--vae-preset", help="autoencoder config of a single weights file (default: sd-vae-ft-ema)")
     parser.add_argument("--num", type=int, default=64, help="number of images (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=1, choices=[1, 2], help="network evaluations (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="network evaluations, 1 or 2; a diffusion model (--objective edm): the levels of EDM's "
+                             "Heun sampler, e.g. 18 (default: %(default)s)")
     parser.add_argument("--ts", type=float, nargs="+", help="noise levels of a multistep sampler instead of --steps, e.g. 80 0.8 0.2 "
                         "(a MeanFlow model: times in (0, 1], e.g. 1 0.6 0.3)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
@@ -73,8 +75,9 @@ def main(argv=None):
             raise SystemExit(f"error: {args.model} is an unconditional model; it samples without --labels.")
         classes = range(model.num_classes) if args.labels == ["all"] else args.labels
         labels = [classes[index % len(classes)] for index in range(args.num)]
-    try:
-        model.sampling_labels(args.num, labels)  # refused here, before the VAE loads
+    try:  # refused here, before the VAE loads
+        model.sampling_labels(args.num, labels)
+        model.objective.sampling_levels(model, args.steps, args.ts)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     decode = LatentDecoder(model.latent_normalization, load_autoencoder(args.vae, preset=args.vae_preset),
