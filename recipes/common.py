@@ -1,4 +1,4 @@
-"""What the recipes share, and only they: progress lines, sample scores, the run-folder guards, grids, provenance.
+"""What the recipes share, and only they: progress lines, sample scores, a training clock, the run-folder guards, grids, provenance.
 
 This is no part of the library: a recipe uses keras-lct's public API, and these few helpers
 that only recipes need. The recipes run as scripts (`python recipes/quickstart.py`), so Python
@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 
+import keras
 import numpy as np
 
 from keras_lct import metrics
@@ -34,6 +35,30 @@ def stage_printer(started):
         print(f"[{time.time() - started:6.0f} s] {message}", flush=True)
 
     return stage
+
+
+class TrainingClock(keras.callbacks.Callback):
+    """The seconds of training after the first step (which traces and compiles the step); with
+    `budget`, stops `fit` at the first batch end after that many.
+
+    The comparisons at equal wall time (recipes/compare_objectives.py, recipes/compare_ect.py)
+    train each model for the budget counted so, from the end of its first step.
+
+    Args:
+        budget: seconds after the first step, or None to only count them (`clock.seconds`).
+    """
+
+    def __init__(self, budget=None):
+        super().__init__()
+        self.budget, self.start, self.seconds = budget, None, 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.start is None:
+            self.start = time.time()
+            return
+        self.seconds = time.time() - self.start
+        if self.budget is not None and self.seconds >= self.budget:
+            self.model.stop_training = True
 
 
 def features(network, images):

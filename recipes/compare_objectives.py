@@ -91,6 +91,7 @@ from common import run_provenance  # noqa: E402
 from common import save_enlarged_grid  # noqa: E402
 from common import scores  # noqa: E402
 from common import stage_printer  # noqa: E402
+from common import TrainingClock  # noqa: E402
 from report import SCORES  # noqa: E402
 from report import seed_summary  # noqa: E402
 
@@ -111,23 +112,6 @@ network_config = quickstart_model.network.get_config()
 latents, labels = data["latents"], data["labels"].astype("int32")
 reference = features(feature_network, data["pixels"])
 requested = np.arange(args.num_samples) % NUM_DIGITS
-
-
-class TrainingClock(keras.callbacks.Callback):
-    """The seconds of training after the first step (which traces and compiles the step); with
-    `budget`, stops `fit` at the first batch end after that many."""
-
-    def __init__(self, budget=None):
-        super().__init__()
-        self.budget, self.start, self.seconds = budget, None, 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.start is None:
-            self.start = time.time()
-            return
-        self.seconds = time.time() - self.start
-        if self.budget is not None and self.seconds >= self.budget:
-            self.model.stop_training = True
 
 
 # ## One run: build a method's model, train it (for --steps, or for the paper's method's time), score it.

@@ -10,7 +10,7 @@ committed runs are `docs/results/quickstart-<backend>.json`, each a `make demo` 
     python recipes/report.py            # rewrites the generated blocks of README.md and docs/results.md
     python recipes/report.py --check    # exit 1 when a file's blocks differ from what it renders
 
-It renders four blocks, each between HTML comment markers that it finds in the files:
+It renders five blocks, each between HTML comment markers that it finds in the files:
 
 - `quickstart table`: the first file's run (the demo's backend, tensorflow, when there is one) as a
   table of Frechet distance and recall (held-out real digits, the paper's method and iLCT at 1
@@ -28,6 +28,12 @@ It renders four blocks, each between HTML comment markers that it finds in the f
   its `results.json`): per method the steps trained in the equal wall time, the 1- and 2-step
   Frechet distance, recall and conditional accuracy (mean ± std over the seeds), and whether
   MeanFlow's mean 1-step distance is at or below the paper's method's. In docs/results.md.
+- `ect table`: `recipes/compare_ect.py`'s run (`docs/results/ect-tensorflow.json`, its `results.json`):
+  per method the steps (pretraining + ECT) in the equal wall time, the 1- and 2-step Frechet distance
+  and the 1-step recall (mean ± std over the seeds); the diffusion models' own distances at 1 step
+  and with EDM's Heun sampler; and whether each ECT configuration's mean 1-step distance is at or
+  below 5 and at or below the paper's method's (issue 43's bar), with the seeds that are. In
+  docs/results.md.
 
 The quickstart imports `seed_summary` and `one_step_verdict` from here, so the verdict it prints
 is the one the pages show.
@@ -55,6 +61,9 @@ CONDITIONAL_DESIGN_BLOCK = "conditional design table"
 CONDITIONAL_DESIGN_RUNS = os.path.join(RESULTS_FOLDER, "conditional-design-2026-12-07.json")
 OBJECTIVES_BLOCK = "objectives table"
 OBJECTIVES_RUNS = os.path.join(RESULTS_FOLDER, "objectives-tensorflow.json")
+ECT_BLOCK = "ect table"
+ECT_RUNS = os.path.join(RESULTS_FOLDER, "ect-tensorflow.json")
+ECT_TARGET_FD = 5.0  # issue 43: a consistency model from a diffusion model at or below this 1-step Frechet distance
 RERUN = (
     "rerun the quickstart with this version (`make demo`, or `KERAS_BACKEND=<backend> python "
     "recipes/quickstart.py`) and copy its runs/quickstart/metrics.json to docs/results/quickstart-<backend>.json"
@@ -75,19 +84,20 @@ class ReportError(Exception):
 
 
 # ## Seeds: the quickstart's scores are means over seeds, and a win counts only beyond their spread.
-def seed_summary(runs, names=SCORES):
+def seed_summary(runs, names=SCORES, samplers=("one_step", "two_step")):
     """The mean and the standard deviation (n - 1; 0 for one seed) of each score over a model's seeds.
 
     Args:
         runs: one `{"one_step": scores, "two_step": scores}` per seed, each `scores` a
             `{"frechet_distance": float, "recall": float}` (and any other score `names` lists).
         names: the scores summarized.
+        samplers: the keys of each run's scores (e.g. `("one_step", "heun")` for a diffusion model).
 
     Returns:
         `{"one_step": {"frechet_distance", "recall", "frechet_distance_std", "recall_std"}, "two_step": ...}`.
     """
     summary = {}
-    for steps in ("one_step", "two_step"):
+    for steps in samplers:
         summary[steps] = {}
         for score in names:
             values = [run[steps][score] for run in runs]
@@ -321,40 +331,101 @@ def conditional_design_block(path=CONDITIONAL_DESIGN_RUNS):
     return "\n".join(lines)
 
 
-def objectives_block(path=OBJECTIVES_RUNS):
-    """The paper's method against MeanFlow at equal wall time: one row per method, mean ± std over the seeds."""
+def comparison_run(path, what):
+    """The `results.json` of a comparison recipe at `path`, and its methods as (name, summary) pairs,
+    the paper's method first; a ReportError names `what`."""
     try:
         with open(path, encoding="utf-8") as file:
             run = json.load(file)
-        methods = run["methods"]
-    except (OSError, ValueError, KeyError) as error:
-        raise ReportError(f"cannot read the objectives run {shown(path)} ({error})") from None
+        methods = sorted(run["methods"].items(), key=lambda item: item[0] != "the paper's method")
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise ReportError(f"cannot read the {what} run {shown(path)} ({error})") from None
+    return run, methods
+
+
+def mean_std(summary, score, scale=1):
+    """`mean ± std` of a `seed_summary` score, times `scale` (percentages with 1 decimal, others with 2)."""
+    decimals = 1 if scale > 1 else 2
+    return f"{scale * summary[score]:.{decimals}f} ± {scale * summary[score + '_std']:.{decimals}f}"
+
+
+def seeds_at_or_below(runs, bounds):
+    """On how many seeds a method's 1-step Frechet distance is at or below `bounds`: a number, or another
+    method's runs, seed by seed."""
+    if isinstance(bounds, list):
+        bounds = [bound["one_step"]["frechet_distance"] for bound in bounds]
+    else:
+        bounds = [bounds] * len(runs)
+    return sum(run["one_step"]["frechet_distance"] <= bound for run, bound in zip(runs, bounds))
+
+
+def objectives_block(path=OBJECTIVES_RUNS):
+    """The paper's method against MeanFlow at equal wall time: one row per method, mean ± std over the seeds."""
+    run, methods = comparison_run(path, "objectives")
     seeds = len(run["seeds"])
-    spread = lambda summary, score, scale=1: (  # noqa: E731
-        f"{scale * summary[score]:.{1 if scale > 1 else 2}f} ± {scale * summary[score + '_std']:.{1 if scale > 1 else 2}f}")
     lines = [
         start_marker(OBJECTIVES_BLOCK),
         "| objective | steps in the time | 1-step FD | 2-step FD | 1-step recall | 1-step accuracy (%) | 2-step accuracy (%) |",
         "|---|---|---|---|---|---|---|",
     ]
-    paper_first = sorted(methods.items(), key=lambda item: item[0] != "the paper's method")
-    for name, summary in paper_first:
+    for name, summary in methods:
         steps = statistics.fmean(seed["steps"] for seed in summary["per_seed"])
-        lines.append(f"| {name} | {steps:.0f} | {spread(summary['one_step'], 'frechet_distance')} "
-                     f"| {spread(summary['two_step'], 'frechet_distance')} | {spread(summary['one_step'], 'recall')} "
-                     f"| {spread(summary['one_step'], 'accuracy', 100)} | {spread(summary['two_step'], 'accuracy', 100)} |")
-    paper = round(methods["the paper's method"]["one_step"]["frechet_distance"], 2)
-    paper_runs = methods["the paper's method"]["per_seed"]
+        lines.append(f"| {name} | {steps:.0f} | {mean_std(summary['one_step'], 'frechet_distance')} "
+                     f"| {mean_std(summary['two_step'], 'frechet_distance')} | {mean_std(summary['one_step'], 'recall')} "
+                     f"| {mean_std(summary['one_step'], 'accuracy', 100)} | {mean_std(summary['two_step'], 'accuracy', 100)} |")
+    paper = round(methods[0][1]["one_step"]["frechet_distance"], 2)
+    paper_runs = methods[0][1]["per_seed"]
     verdicts = []
-    for name, summary in paper_first[1:]:
-        below = sum(run["one_step"]["frechet_distance"] <= theirs["one_step"]["frechet_distance"]
-                    for run, theirs in zip(summary["per_seed"], paper_runs))
+    for name, summary in methods[1:]:
+        below = seeds_at_or_below(summary["per_seed"], paper_runs)
         where = "at or below" if round(summary["one_step"]["frechet_distance"], 2) <= paper else "above"
         verdicts.append(f"{name} {where} it (at or below the paper's method's seed on {below} of {seeds} seeds)")
-    seconds = statistics.fmean(seed["seconds"] for seed in methods["the paper's method"]["per_seed"])
+    seconds = statistics.fmean(seed["seconds"] for seed in paper_runs)
     lines += ["", f"{seeds} seeds, each method trained for the paper's method's time with the same seed (about "
               f"{seconds:.0f} s, its {run['steps']} steps); {run['num_samples']} samples per model, digits 0-9 in turn. "
               f"Against the paper's method's mean 1-step Frechet distance ({paper:.2f}): {listed(verdicts)}. "
+              f"Run on {run['backend']}, {run['date'][:10]}, commit {run['commit']}.", END_MARKER]
+    return "\n".join(lines)
+
+
+def ect_block(path=ECT_RUNS):
+    """The paper's method against diffusion + ECT at equal wall time, pretraining included: one row per method."""
+    run, methods = comparison_run(path, "ECT")
+    diffusion, seeds = run["diffusion"], len(run["seeds"])
+    lines = [
+        start_marker(ECT_BLOCK),
+        "| method | steps (pretraining + ECT) | 1-step FD | 2-step FD | 1-step recall |",
+        "|---|---|---|---|---|",
+    ]
+    for name, summary in methods:
+        runs = summary["per_seed"]
+        counted = ("pretraining_steps", "ect_steps") if "ect_steps" in runs[0] else ("steps",)
+        steps = " + ".join(f"{statistics.fmean(run[key] for run in runs):.0f}" for key in counted)
+        lines.append(f"| {name} | {steps} | {mean_std(summary['one_step'], 'frechet_distance')} "
+                     f"| {mean_std(summary['two_step'], 'frechet_distance')} | {mean_std(summary['one_step'], 'recall')} |")
+    paper = round(methods[0][1]["one_step"]["frechet_distance"], 2)
+    paper_runs = methods[0][1]["per_seed"]
+    verdicts = []
+    for name, summary in methods[1:]:
+        fd = round(summary["one_step"]["frechet_distance"], 2)
+        met = fd <= ECT_TARGET_FD and fd <= paper
+        verdicts.append(
+            f"{name} {'meets' if met else 'misses'} it ({fd:.2f}: {'at or below' if fd <= ECT_TARGET_FD else 'above'} "
+            f"{ECT_TARGET_FD:g}, at or below it on {seeds_at_or_below(summary['per_seed'], ECT_TARGET_FD)} of {seeds} seeds; "
+            f"{'at or below' if fd <= paper else 'above'} the paper's method's, at or below its seed on "
+            f"{seeds_at_or_below(summary['per_seed'], paper_runs)} of {seeds} seeds)")
+    seconds = statistics.fmean(seed["seconds"] for seed in paper_runs)
+    pretraining = statistics.fmean(seed["seconds"] for seed in diffusion["per_seed"])
+    reached = sorted({seed["stages_reached"] for _, summary in methods[1:] for seed in summary["per_seed"]})
+    lines += ["", f"{seeds} seeds; per seed every method trained for the paper's method's time (about {seconds:.0f} s, its "
+              f"{run['steps']} steps), pretraining included: the diffusion model for {100 * run['pretrain_share']:.0f}% of "
+              f"it (about {pretraining:.0f} s), then ECT for the rest, its stage length set for {run['stages']} stages "
+              f"(it reached {' to '.join(map(str, reached[::max(len(reached) - 1, 1)]))}), each fit's first "
+              f"(compiling) step not counted; {run['num_samples']} samples per model. The diffusion models themselves: "
+              f"Frechet distance {mean_std(diffusion['one_step'], 'frechet_distance')} at 1 step and "
+              f"{mean_std(diffusion['heun'], 'frechet_distance')} with EDM's Heun sampler at {diffusion['heun_steps']} levels "
+              f"({2 * diffusion['heun_steps'] - 1} network calls). Issue 43's bar, a mean 1-step Frechet distance at or "
+              f"below {ECT_TARGET_FD:g} and at or below the paper's method's ({paper:.2f}): {'; '.join(verdicts)}. "
               f"Run on {run['backend']}, {run['date'][:10]}, commit {run['commit']}.", END_MARKER]
     return "\n".join(lines)
 
@@ -417,7 +488,8 @@ def rendered_pages(runs, readme, results):
     blocks = {
         readme: [(QUICKSTART_BLOCK, quickstart_block(runs[0], "; the other backends are in [docs/results.md](docs/results.md)"))],
         results: [(QUICKSTART_BLOCK, quickstart_block(runs[0])), (BACKENDS_BLOCK, backends_block(runs)),
-                  (CONDITIONAL_DESIGN_BLOCK, conditional_design_block()), (OBJECTIVES_BLOCK, objectives_block())],
+                  (CONDITIONAL_DESIGN_BLOCK, conditional_design_block()), (OBJECTIVES_BLOCK, objectives_block()),
+                  (ECT_BLOCK, ect_block())],
     }
     pages = {}
     for path, page_blocks in blocks.items():

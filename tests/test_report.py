@@ -77,7 +77,8 @@ def pages(folder):
     readme, results = folder / "README.md", folder / "results.md"
     readme.write_text(f"# title\n\n{START.format('quickstart table')}\n{END}\n\nafter\n")
     results.write_text(f"before\n{START.format('quickstart table')}\n{END}\nmiddle\n{START.format('backends table')}\n{END}\n"
-                       f"{START.format('conditional design table')}\n{END}\n{START.format('objectives table')}\n{END}\n")
+                       f"{START.format('conditional design table')}\n{END}\n{START.format('objectives table')}\n{END}\n"
+                       f"{START.format('ect table')}\n{END}\n")
     return readme, results
 
 
@@ -230,6 +231,40 @@ def test_the_objectives_table_puts_the_papers_method_first_and_counts_the_seeds_
     # 4.67 > 2.53 on the mean; seeds 0 (2.0 <= 2.5) and 2 (3.0 > 2.6): one of three.
     assert "MeanFlow above it (at or below the paper's method's seed on 1 of 3 seeds)" in block
     assert "about 41 s, its 900 steps" in block and "jax, 2026-12-07, commit abc1234" in block
+
+
+@pytest.mark.backend_neutral
+def test_the_ect_table_counts_steps_with_pretraining_and_judges_each_configuration_against_5_and_the_papers_method(tmp_path):
+    def method(one_step_fds, steps=None):
+        runs = [{"one_step": scores(fd, 0.5), "two_step": scores(fd / 2, 0.6), "steps": 900, "seconds": 40.0 + index}
+                for index, fd in enumerate(one_step_fds)]
+        for run in runs if steps else ():
+            run.update(pretraining_steps=steps[0], ect_steps=steps[1], steps=sum(steps),
+                       stages_reached=4 + (run["one_step"]["frechet_distance"] > 7))  # one seed of the 8.0 reached 5
+        return {**load_report().seed_summary(runs), "per_seed": runs}
+
+    diffusion_runs = [{"one_step": scores(fd, 0.0), "heun": scores(fd / 10, 0.7), "steps": 450, "seconds": 20.0}
+                      for fd in (60.0, 70.0, 80.0)]
+    path = tmp_path / "ect.json"
+    path.write_text(json.dumps({
+        "methods": {"diffusion + ECT": method([6.0, 4.0, 8.0], (450, 400)), "the paper's method": method([5.0, 5.0, 5.2]),
+                    "diffusion + ECT + Cauchy": method([4.0, 4.5, 3.0], (450, 380))},
+        "diffusion": {**load_report().seed_summary(diffusion_runs, samplers=("one_step", "heun")),
+                      "per_seed": diffusion_runs, "heun_steps": 10},
+        "seeds": [0, 1, 2], "steps": 900, "num_samples": 500, "pretrain_share": 0.5, "stages": 4, "backend": "jax",
+        "date": "2026-12-07T10:00:00+00:00", "commit": "abc1234",
+    }))
+    block = load_report().ect_block(str(path))
+    rows = [line for line in block.splitlines() if line.startswith("| ") and not line.startswith("| method |")]
+    assert rows == ["| the paper's method | 900 | 5.07 ± 0.12 | 2.53 ± 0.06 | 0.50 ± 0.00 |",
+                    "| diffusion + ECT | 450 + 400 | 6.00 ± 2.00 | 3.00 ± 1.00 | 0.50 ± 0.00 |",
+                    "| diffusion + ECT + Cauchy | 450 + 380 | 3.83 ± 0.76 | 1.92 ± 0.38 | 0.50 ± 0.00 |"]
+    # 6.00 > 5: missed; seed 1 (4.0) is at or below both 5 and the paper's method's 5.0. Cauchy: 3.83 meets it on every seed.
+    assert ("diffusion + ECT misses it (6.00: above 5, at or below it on 1 of 3 seeds; above the paper's method's, "
+            "at or below its seed on 1 of 3 seeds); diffusion + ECT + Cauchy meets it (3.83: at or below 5, at or below "
+            "it on 3 of 3 seeds; at or below the paper's method's, at or below its seed on 3 of 3 seeds).") in block
+    assert "Frechet distance 70.00 ± 10.00 at 1 step and 7.00 ± 1.00 with EDM's Heun sampler at 10 levels (19 network calls)" in block
+    assert "about 41 s, its 900 steps" in block and "50% of it (about 20 s)" in block and "set for 4 stages (it reached 4 to 5)" in block and "jax, 2026-12-07, commit abc1234" in block
 
 
 @pytest.mark.backend_neutral
