@@ -1,4 +1,4 @@
-"""Training objectives of a `ConsistencyModel`: the paper's consistency training and MeanFlow.
+"""Training objectives of a `ConsistencyModel`: the paper's consistency training, MeanFlow, EDM, ECT.
 
 An objective is a small callable, as EDM's loss is: given the model and one
 training batch, it makes its draws and returns the loss with what it logs.
@@ -11,11 +11,13 @@ the model's call maps a batch (`denoise`) and how the model samples.
 |---|---|---|
 | `ConsistencyTraining` (default) | paper sections 3, 4.2-4.5: the robust distance between f(x_t, t) and the stop-gradient f(x_t2, t2), plus the diffusion loss | `x = f(sigma_max z)`, then re-noise and denoise at each further level |
 | `MeanFlow` | Geng et al. 2025: the average velocity u(z, t, r) against u_tgt = v - (t - r) du/dt, du/dt by a Jacobian-vector product | `z_r = z_t - (t - r) u(z_t, t, r)` from t = 1 to 0 in 1 or 2 steps |
+| `EDMDiffusion` | Karras et al. 2022: the denoiser D(x0 + sigma n, sigma) against x0, EDM's weighting | EDM's Heun sampler over K levels |
+| `ECT` | Geng et al. 2025 (ECT): f(x0 + t e, t) against the stop-gradient f(x0 + r e, r), r -> t in stages, from a diffusion model | as `ConsistencyTraining` |
 
 Pass an instance, or its name, as `ConsistencyModel(objective=...)`.
 
-Reference: `docs/reference.md` "One consistency-training step" and "MeanFlow";
-`docs/objectives.md`.
+Reference: `docs/reference.md` "One consistency-training step", "MeanFlow",
+"EDM diffusion training" and "ECT"; `docs/objectives.md`.
 """
 
 import collections

@@ -98,15 +98,11 @@ def test_rerunning_a_finished_run_trains_nothing_and_another_run_is_refused(unin
     assert "holds another run" in other.stderr and "batch_size: 8 -> 4" in other.stderr
     assert os.path.getmtime(output / "checkpoint.keras") == stamp
     assert json.loads((output / "run.json").read_text())["batch_size"] == 8
-    # --init-from takes a diffusion model: a consistency model is refused before the run writes anything.
-    refused = run_recipe("celeba.py", "--smoke", "--output", output.parent / "ect", "--objective", "ect",
-                         "--init-from", output / "lct.keras")
-    assert refused.returncode != 0 and "objective='edm'" in refused.stderr and "'consistency' objective" in refused.stderr
-    assert set(os.listdir(output.parent / "ect")) <= {"run.lock"}  # the folder's hold only
 
 
 def test_init_from_puts_a_diffusion_models_weights_into_the_runs_ect_model(tmp_path):
-    """The recipes' --init-from path in-process: new_model with the diffusion model, and what does not fit."""
+    """The recipes' --init-from path in-process: new_model with the diffusion model, what does not fit, and a
+    model that is no diffusion model (refused before the run writes anything)."""
     import types
 
     sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -127,6 +123,14 @@ def test_init_from_puts_a_diffusion_models_weights_into_the_runs_ect_model(tmp_p
     other_shape = types.SimpleNamespace(latents=np.zeros((1, 4, 4, 4), "float32"), normalization=lambda: None, num_classes=0)
     with pytest.raises(SystemExit, match=r"--init-from diffusion.keras: .*data of shape \(4, 4, 4\)"):
         latent_training.new_model(args, other_shape, 80, diffusion)
+    # A model that is no diffusion model is refused before the run writes anything.
+    consistency = ConsistencyModel(keras_lct.models.MLPDenoiser(2), ema_decays=())
+    consistency.build((None, 2))
+    consistency.save(tmp_path / "consistency.keras")
+    with pytest.raises(SystemExit, match=r"--init-from: .*objective='edm'; received a model with the 'consistency'"):
+        latent_training.main("celeba", ["--smoke", "--output", str(tmp_path / "ect"), "--objective", "ect",
+                                        "--init-from", str(tmp_path / "consistency.keras")])
+    assert os.listdir(tmp_path / "ect") == ["run.lock"]  # the folder's hold only
 
 
 @pytest.mark.backend_neutral
