@@ -585,7 +585,7 @@ class ConsistencyModel(keras.Model):
         for key in network_settings:
             if key not in initialization.FREE_NETWORK_SETTINGS:
                 raise ValueError(
-                    f"`network_settings` may change {', '.join(initialization.FREE_NETWORK_SETTINGS[3:])}, which "
+                    f"`network_settings` may change {', '.join(initialization.TRAINING_SETTINGS)}, which "
                     f"leave the weights as they are; received {key!r}. Build a network yourself for other settings."
                 )
         config = {**diffusion.network.get_config(), **network_settings}

@@ -18,8 +18,10 @@ from keras_lct import saving
 from keras_lct.objectives import EDMDiffusion
 
 # Network settings a consistency model may set apart from its diffusion model's: they do not
-# change the weights (ECT tunes with more dropout than EDM trains with).
-FREE_NETWORK_SETTINGS = ("name", "trainable", "dtype", "dropout", "label_dropout")
+# change the weights (ECT tunes with more dropout than EDM trains with); `from_diffusion`'s
+# `network_settings` takes the trained ones.
+TRAINING_SETTINGS = ("dropout", "label_dropout")
+FREE_NETWORK_SETTINGS = ("name", "trainable", "dtype") + TRAINING_SETTINGS
 
 
 def load_diffusion(diffusion):
